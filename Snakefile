@@ -1,0 +1,27 @@
+# taufm: reconstructing hadronically decaying tau leptons with a jet foundation model, end to end.
+#
+#   snakemake --cores all                                              # default run (embedded data)
+#   snakemake --cores all --configfile workflow/presets/smoke.yaml     # minutes, tiny data
+#   snakemake --profile slurm all                                      # on a Slurm cluster
+#
+# The workflow is the house plan; the package (src/taufm) does the work: every rule runs one
+# `taufm <stage>` subcommand with the settings it depends on passed as params.
+
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/simulate.smk"
+
+
+rule all:
+    """Everything the landed stages produce: today the inputs of the ingestion stage (the
+    simulated Fuτure-like and JetClass-like files, or the real files named in data.files)."""
+    input:
+        all_future_inputs(),
+        all_jetclass_inputs(),

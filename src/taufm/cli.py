@@ -1,0 +1,151 @@
+"""The ``taufm`` command line: one subcommand per pipeline stage.
+
+Every Snakemake rule runs exactly one of these subcommands; the settings a rule depends on come
+in as arguments (structured settings as one JSON object), never read from the config file here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+
+from taufm.errors import TaufmError
+
+log = logging.getLogger("taufm")
+
+
+def _json_object(text: str) -> dict:
+    """Parse a JSON object given inline or as ``@path``."""
+    if text.startswith("@"):
+        try:
+            with open(text[1:]) as handle:
+                text = handle.read()
+        except OSError as err:
+            raise argparse.ArgumentTypeError(f"cannot read settings file {text[1:]}: {err.strerror}") from err
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({err})") from err
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("expected a JSON object")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from err
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from err
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {value}")
+    return value
+
+
+def _cmd_simulate_ee(args: argparse.Namespace) -> None:
+    from taufm.sim.detector import DetectorParameters
+    from taufm.sim.ee import simulate_ee_shard
+
+    detector = DetectorParameters.from_mapping(args.detector, where="detector.future")
+    simulate_ee_shard(
+        args.sample,
+        args.shard,
+        args.events,
+        args.output,
+        seed=args.seed,
+        sqrt_s=args.sqrt_s,
+        detector=detector,
+        batch_size=args.batch_size,
+        progress=args.progress,
+    )
+
+
+def _cmd_simulate_jetclass(args: argparse.Namespace) -> None:
+    from taufm.sim.detector import DetectorParameters
+    from taufm.sim.jetclass import simulate_jetclass_shard
+
+    detector = DetectorParameters.from_mapping(args.detector, where="detector.jetclass")
+    jet = args.jet
+    known_jet_keys = {"radius", "pt_min", "pt_max", "abs_eta_max"}
+    unknown = sorted(set(jet) - known_jet_keys)
+    if unknown:
+        raise TaufmError(f"unknown jet setting(s): {', '.join(unknown)} (known: {', '.join(sorted(known_jet_keys))})")
+    simulate_jetclass_shard(
+        args.process,
+        args.shard,
+        args.jets,
+        args.output,
+        seed=args.seed,
+        sqrt_s=args.sqrt_s,
+        detector=detector,
+        pthat_min=args.pthat_min,
+        multiparton_interactions=args.mpi,
+        jet_radius=jet.get("radius", 0.8),
+        jet_pt_min=jet.get("pt_min", 500.0),
+        jet_pt_max=jet.get("pt_max", 1000.0),
+        jet_abs_eta_max=jet.get("abs_eta_max", 2.0),
+        batch_size=args.batch_size,
+        progress=args.progress,
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="taufm", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="STAGE")
+
+    ee = sub.add_parser("simulate-ee", help="generate one shard of a Fuτure-like e+e- sample (EDM4hep ROOT)")
+    ee.add_argument("--sample", required=True, help="ZH_Htautau, Z_Ztautau or qq")
+    ee.add_argument("--shard", required=True, type=_non_negative_int)
+    ee.add_argument("--events", required=True, type=_positive_int, help="events in this shard")
+    ee.add_argument("--seed", type=int, default=0, help="base seed; the shard's seed derives from (sample, shard, seed)")
+    ee.add_argument("--sqrt-s", type=float, default=380.0, help="centre-of-mass energy in GeV")
+    ee.add_argument("--detector", type=_json_object, default={}, help="detector parameters as JSON (or @file)")
+    ee.add_argument("--batch-size", type=_positive_int, default=500)
+    ee.add_argument("--progress", action="store_true")
+    ee.add_argument("--output", required=True)
+    ee.set_defaults(func=_cmd_simulate_ee)
+
+    jc = sub.add_parser("simulate-jetclass", help="generate one shard of JetClass-like pp jets (JetClass ROOT)")
+    jc.add_argument("--process", required=True, help="ZJetsToNuNu (QCD) or TTBar (Tbqq)")
+    jc.add_argument("--shard", required=True, type=_non_negative_int)
+    jc.add_argument("--jets", required=True, type=_positive_int, help="jets in this shard")
+    jc.add_argument("--seed", type=int, default=0)
+    jc.add_argument("--sqrt-s", type=float, default=13000.0)
+    jc.add_argument("--pthat-min", type=float, default=None, help="Pythia PhaseSpace:pTHatMin (default: per process)")
+    jc.add_argument("--mpi", action=argparse.BooleanOptionalAction, default=True, help="multi-parton interactions")
+    jc.add_argument("--jet", type=_json_object, default={}, help='jet selection as JSON: {"radius", "pt_min", "pt_max", "abs_eta_max"}')
+    jc.add_argument("--detector", type=_json_object, default={}, help="detector parameters as JSON (or @file)")
+    jc.add_argument("--batch-size", type=_positive_int, default=200)
+    jc.add_argument("--progress", action="store_true")
+    jc.add_argument("--output", required=True)
+    jc.set_defaults(func=_cmd_simulate_jetclass)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+    try:
+        args.func(args)
+    except TaufmError as err:
+        print(f"taufm {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

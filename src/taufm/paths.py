@@ -1,0 +1,28 @@
+"""Every output path pattern of the workflow, in one place.
+
+The Snakemake rules and the package both build paths from these patterns (``{name}`` fields are
+Snakemake wildcards), so no path string is written twice. All paths are relative to the results
+directory given in the config (``results_dir``, default ``results``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+SIMULATED_EE = "simulated/future/{sample}/{sample}_{shard}.root"
+SIMULATED_JETCLASS = "simulated/jetclass/{process}_{shard}.root"
+LOGS = "logs/{stage}/{name}.log"
+BENCHMARKS = "benchmarks/{stage}/{name}.tsv"
+
+
+def shard_label(index: int) -> str:
+    """Shard indices are written with three digits, as in the JetClass file names (``_000``)."""
+    return f"{index:03d}"
+
+
+def simulated_ee(results: str | Path, sample: str, shard: int) -> Path:
+    return Path(results) / SIMULATED_EE.format(sample=sample, shard=shard_label(shard))
+
+
+def simulated_jetclass(results: str | Path, process: str, shard: int) -> Path:
+    return Path(results) / SIMULATED_JETCLASS.format(process=process, shard=shard_label(shard))

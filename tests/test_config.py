@@ -1,0 +1,80 @@
+"""The config schema: defaults, typos and wrong types named before any job runs."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from pathlib import Path
+
+import pytest
+import yaml
+
+from taufm.config import config_errors, load_schema, validate_config
+from taufm.errors import TaufmError
+from taufm.sim.detector import DetectorParameters
+
+ROOT = Path(__file__).resolve().parents[1]
+SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
+
+
+@pytest.fixture()
+def default_config():
+    return yaml.safe_load((ROOT / "config.yaml").read_text())
+
+
+def test_default_config_and_presets_are_valid(default_config):
+    validate_config(default_config, SCHEMA)
+    for preset in (ROOT / "workflow" / "presets").glob("*.yaml"):
+        merged = copy.deepcopy(default_config)
+        _deep_update(merged, yaml.safe_load(preset.read_text()))
+        validate_config(merged, SCHEMA)
+
+
+def _deep_update(base, new):
+    for key, value in new.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _deep_update(base[key], value)
+        else:
+            base[key] = value
+
+
+def test_empty_config_gets_every_default():
+    config = validate_config({}, SCHEMA)
+    assert config["data"]["source"] == "embedded"
+    assert config["simulate"]["future"]["events_per_shard"] > 0
+    assert config["simulate"]["jetclass"]["jet"]["radius"] == 0.8
+
+
+def test_typo_is_named_with_its_full_key(default_config):
+    default_config["simulate"]["future"]["evnts_per_shard"] = 10
+    with pytest.raises(TaufmError, match=r"simulate\.future\.evnts_per_shard: unknown key"):
+        validate_config(default_config, SCHEMA)
+
+
+def test_wrong_types_and_values_are_named(default_config):
+    default_config["simulate"]["future"]["shards"]["qq"] = 0
+    default_config["simulate"]["jetclass"]["jets_per_shard"] = "many"
+    default_config["data"]["source"] = "file"
+    default_config["detector"]["future"]["ecal_stochastic"] = -1
+    errors = "\n".join(config_errors(default_config, load_schema(SCHEMA)))
+    assert "simulate.future.shards.qq" in errors
+    assert "simulate.jetclass.jets_per_shard" in errors
+    assert "data.source: 'file' is not one of" in errors
+    assert "detector.future.ecal_stochastic" in errors
+
+
+def test_unknown_sample_in_shards_is_rejected(default_config):
+    default_config["simulate"]["future"]["shards"]["ttbar"] = 1
+    with pytest.raises(TaufmError, match=r"simulate\.future\.shards\.ttbar: unknown key"):
+        validate_config(default_config, SCHEMA)
+
+
+def test_schema_detector_keys_match_the_detector_parameters():
+    schema = load_schema(SCHEMA)
+    in_schema = set(schema["$defs"]["detector"]["properties"])
+    assert in_schema == {f.name for f in dataclasses.fields(DetectorParameters)}
+
+
+def test_config_file_lists_every_detector_parameter_with_its_default(default_config):
+    """config.yaml documents the CLIC-like response: it must name every parameter, at the code's default."""
+    assert default_config["detector"]["future"] == dataclasses.asdict(DetectorParameters())

@@ -1,0 +1,69 @@
+# Shared helpers: config validation, path patterns, the lists of every output.
+
+import glob
+import json
+from pathlib import Path
+
+from taufm import paths
+from taufm.config import validate_config
+from taufm.errors import TaufmError
+
+validate_config(config, workflow.source_path("../schemas/config.schema.yaml"))
+
+RESULTS = config["results_dir"]
+EMBEDDED = config["data"]["source"] == "embedded"
+FUTURE_SAMPLES = ["ZH_Htautau", "Z_Ztautau", "qq"]
+JETCLASS_PROCESSES = ["ZJetsToNuNu", "TTBar"]
+
+
+wildcard_constraints:
+    sample="|".join(FUTURE_SAMPLES),
+    process="|".join(JETCLASS_PROCESSES),
+    shard=r"\d{3}",
+
+
+def result(pattern):
+    """A path pattern from taufm.paths, under the results directory."""
+    return str(Path(RESULTS) / pattern)
+
+
+def as_json(value):
+    """Structured settings travel to `taufm` subcommands as one JSON argument."""
+    return json.dumps(value, sort_keys=True)
+
+
+def _expand_globs(kind, name):
+    patterns = config["data"]["files"][kind].get(name, [])
+    if not patterns:
+        raise TaufmError(f"data.source is 'files' but data.files.{kind}.{name} lists no files")
+    found = []
+    for pattern in patterns:
+        matches = sorted(glob.glob(pattern))
+        if not matches:
+            raise TaufmError(f"data.files.{kind}.{name}: {pattern!r} matches no file")
+        found.extend(matches)
+    return found
+
+
+def future_inputs(sample):
+    """The EDM4hep files of one Fuτure sample: simulated shards, or the user's real files."""
+    if EMBEDDED:
+        shards = config["simulate"]["future"]["shards"][sample]
+        return [str(paths.simulated_ee(RESULTS, sample, i)) for i in range(shards)]
+    return _expand_globs("future", sample)
+
+
+def jetclass_inputs(process):
+    """The JetClass files of one process: simulated shards, or the user's real files."""
+    if EMBEDDED:
+        shards = config["simulate"]["jetclass"]["shards"][process]
+        return [str(paths.simulated_jetclass(RESULTS, process, i)) for i in range(shards)]
+    return _expand_globs("jetclass", process)
+
+
+def all_future_inputs():
+    return [f for sample in FUTURE_SAMPLES for f in future_inputs(sample)]
+
+
+def all_jetclass_inputs():
+    return [f for process in JETCLASS_PROCESSES for f in jetclass_inputs(process)]
