@@ -74,9 +74,9 @@ def _cmd_simulate_ee(args: argparse.Namespace) -> None:
 
 def _cmd_simulate_jetclass(args: argparse.Namespace) -> None:
     from taufm.sim.detector import DetectorParameters
-    from taufm.sim.jetclass import simulate_jetclass_shard
+    from taufm.sim.jetclass import DELPHES_CMS_LIKE, simulate_jetclass_shard
 
-    detector = DetectorParameters.from_mapping(args.detector, where="detector.jetclass")
+    detector = DetectorParameters.from_mapping(args.detector, where="detector.jetclass", base=DELPHES_CMS_LIKE)
     jet = args.jet
     known_jet_keys = {"radius", "pt_min", "pt_max", "abs_eta_max"}
     unknown = sorted(set(jet) - known_jet_keys)

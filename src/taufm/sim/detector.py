@@ -192,7 +192,8 @@ def simulate_response(particles: ak.Array, params: DetectorParameters, rng: np.r
     t = np.flatnonzero(tracked)
     sin_t = sin_theta[t]
     ms = 1.0 / (p[t] * sin_t**1.5)
-    sigma_pt = pt[t] * np.hypot(params.sigma_pt_over_pt2 * pt[t], params.sigma_pt_multiple_scattering * ms)
+    # sigma(pT)/pT^2 = a (+) b / (p sin^1.5 theta), i.e. sigma(pT)/pT = a pT (+) b / sqrt(sin theta).
+    sigma_pt = pt[t] ** 2 * np.hypot(params.sigma_pt_over_pt2, params.sigma_pt_multiple_scattering * ms)
     pt_reco = np.abs(pt[t] + sigma_pt * rng.standard_normal(len(t)))
     scale = pt_reco / pt[t]
     tpx, tpy, tpz = px[t] * scale, py[t] * scale, pz[t] * scale

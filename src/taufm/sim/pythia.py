@@ -135,8 +135,11 @@ def record_from_batch(batch: ak.Array, charge_of) -> GenRecord:
     local_with_system = np.arange(n_total) - event_start
     keep_particle = local_with_system > 0
     keep_edge = keep_particle[parent] & keep_particle[child]
-    edges = np.unique(np.stack([parent[keep_edge], child[keep_edge]], axis=1), axis=0)
-    parent, child = edges[:, 0], edges[:, 1]
+    # One int64 key per edge (sorted by parent, then child) makes deduplication a 1-D unique.
+    # (np.unique takes a slow hashing path for int64 in numpy 2.4: sort and compare instead.)
+    key = np.sort(parent[keep_edge] * n_total + child[keep_edge])
+    key = key[np.concatenate([[True], key[1:] != key[:-1]])]
+    parent, child = key // n_total, key % n_total
     new_global = np.cumsum(keep_particle) - 1
     parent, child = new_global[parent], new_global[child]
 

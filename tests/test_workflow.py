@@ -1,0 +1,94 @@
+"""The whole workflow on the smoke preset, run by Snakemake as a user would run it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import uproot
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE = ROOT / "workflow" / "presets" / "smoke.yaml"
+
+pytestmark = pytest.mark.workflow
+
+
+def snakemake(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "snakemake", "--cores", "2", "--configfile", str(SMOKE), *args]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1200)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
+    return proc
+
+
+def smoke_outputs(results: Path) -> dict[str, list[Path]]:
+    smoke = yaml.safe_load(SMOKE.read_text())["simulate"]
+    return {
+        "future": [
+            results / "simulated" / "future" / sample / f"{sample}_{i:03d}.root"
+            for sample, n in smoke["future"]["shards"].items()
+            for i in range(n)
+        ],
+        "jetclass": [
+            results / "simulated" / "jetclass" / f"{process}_{i:03d}.root"
+            for process, n in smoke["jetclass"]["shards"].items()
+            for i in range(n)
+        ],
+    }
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory):
+    results = tmp_path_factory.mktemp("smoke") / "results"
+    snakemake("--config", f"results_dir={results}")
+    return results
+
+
+def test_smoke_run_produces_every_simulated_file(smoke_run):
+    outputs = smoke_outputs(smoke_run)
+    for path in outputs["future"]:
+        with uproot.open(path) as f:
+            assert f["events"].num_entries == yaml.safe_load(SMOKE.read_text())["simulate"]["future"]["events_per_shard"]
+    for path in outputs["jetclass"]:
+        with uproot.open(path) as f:
+            assert f["tree"].num_entries == yaml.safe_load(SMOKE.read_text())["simulate"]["jetclass"]["jets_per_shard"]
+    assert list((smoke_run / "logs").rglob("*.log")), "every job keeps a log"
+    assert list((smoke_run / "benchmarks").rglob("*.tsv")), "every job keeps a benchmark"
+
+
+def test_rerun_has_nothing_to_do(smoke_run):
+    proc = snakemake("--config", f"results_dir={smoke_run}", "--dry-run")
+    assert "Nothing to be done" in proc.stdout + proc.stderr
+
+
+def test_config_typo_fails_before_any_job_naming_the_key(tmp_path):
+    bad = tmp_path / "typo.yaml"
+    bad.write_text(f"results_dir: {tmp_path / 'results'}\nsimulate:\n  future:\n    evnts_per_shard: 10\n")
+    proc = snakemake("--configfile", str(SMOKE), str(bad), check=False)
+    assert proc.returncode != 0
+    assert "simulate.future.evnts_per_shard: unknown key" in proc.stdout + proc.stderr
+    assert not (tmp_path / "results").exists()
+
+
+def test_real_files_mode_takes_the_simulate_rules_out_of_the_dag(smoke_run, tmp_path):
+    outputs = smoke_outputs(smoke_run)
+    files = {
+        "future": {s: [str(smoke_run / "simulated" / "future" / s / "*.root")] for s in ("ZH_Htautau", "Z_Ztautau", "qq")},
+        "jetclass": {p: [str(smoke_run / "simulated" / "jetclass" / f"{p}_*.root")] for p in ("ZJetsToNuNu", "TTBar")},
+    }
+    config = tmp_path / "real.yaml"
+    config.write_text(yaml.safe_dump({"results_dir": str(tmp_path / "results"), "data": {"source": "files", "files": files}}))
+    proc = snakemake("--configfile", str(SMOKE), str(config), "--dry-run")
+    text = proc.stdout + proc.stderr
+    assert "simulate_ee" not in text and "simulate_jetclass" not in text
+    assert "Nothing to be done" in text
+    assert all(p.exists() for p in outputs["future"] + outputs["jetclass"])
+
+    files["future"]["qq"] = [str(tmp_path / "nowhere" / "*.root")]
+    config.write_text(yaml.safe_dump({"results_dir": str(tmp_path / "results"), "data": {"source": "files", "files": files}}))
+    proc = snakemake("--configfile", str(SMOKE), str(config), "--dry-run", check=False)
+    assert proc.returncode != 0
+    assert "data.files.future.qq" in proc.stdout + proc.stderr and "matches no file" in proc.stdout + proc.stderr
