@@ -17,11 +17,12 @@ configfile: "config.yaml"
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/simulate.smk"
+include: "workflow/rules/ingest.smk"
 
 
 rule all:
-    """Everything the landed stages produce: today the inputs of the ingestion stage (the
-    simulated Fuτure-like and JetClass-like files, or the real files named in data.files)."""
+    """Everything the landed stages produce: today the ingested jet shards of every sample and
+    their data-quality figures (from the simulated files, or the real files in data.files)."""
     input:
-        all_future_inputs(),
-        all_jetclass_inputs(),
+        all_ingested(),
+        all_dataquality_figures(),

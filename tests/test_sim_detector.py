@@ -60,6 +60,7 @@ IDEAL = DetectorParameters(
     charged_hadron_as_neutral_probability=0.0,
     neutral_hadron_as_photon_probability=0.0,
     photon_as_neutral_hadron_probability=0.0,
+    neutral_fragment_probability=0.0,
 )
 
 
@@ -185,3 +186,18 @@ def test_parameters_from_mapping_name_the_bad_key():
         DetectorParameters.from_mapping({"hcal_constant": "high"})
     base = DetectorParameters(ecal_constant=0.5)
     assert DetectorParameters.from_mapping({"hcal_constant": 0.1}, base=base).ecal_constant == 0.5
+
+
+def test_charged_hadron_showers_leave_neutral_fragments():
+    params = dataclasses.replace(IDEAL, neutral_fragment_probability=1.0, neutral_fragment_max_fraction=0.4, neutral_hadron_min_energy=0.0)
+    out = run(events(*[[particle(211, 20.0, phi=0.3)]] * 500), params)
+    assert ak.all(ak.num(out.candidates) == 2)
+    fragment = out.candidates[:, 1]
+    assert ak.all(fragment["type"] == TYPE_NEUTRAL_HADRON) and ak.all(fragment.track == -1)
+    fraction = ak.to_numpy(fragment.energy) / 20.0
+    assert fraction.max() <= 0.4 + 1e-6 and 0.15 < fraction.mean() < 0.25  # uniform in [0, 0.4]
+    phi = np.arctan2(ak.to_numpy(fragment.py), ak.to_numpy(fragment.px))
+    assert np.std(phi - 0.3) == pytest.approx(0.02, rel=0.2)
+    assert ak.all(out.links.mc == 0), "the fragment is linked to the pion that made it"
+    # Leptons never fragment.
+    assert ak.all(ak.num(run(events(*[[particle(13, 20.0)]] * 50), params).candidates) == 1)

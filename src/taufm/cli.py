@@ -101,6 +101,30 @@ def _cmd_simulate_jetclass(args: argparse.Namespace) -> None:
     )
 
 
+def _cmd_ingest_ee(args: argparse.Namespace) -> None:
+    from taufm.ingest.ee import EEIngestSettings, ingest_ee_file
+
+    settings = EEIngestSettings.from_mapping(args.settings)
+    ingest_ee_file(args.input, args.output, sample=args.sample, settings=settings)
+
+
+def _cmd_ingest_jetclass(args: argparse.Namespace) -> None:
+    from taufm.ingest.jetclass import ingest_jetclass_file
+
+    known = {"max_candidates", "signed_angles", "lifetime_sentinel", "split_ratios", "chunk_size"}
+    unknown = sorted(set(args.settings) - known)
+    if unknown:
+        raise TaufmError(f"unknown ingest setting(s): {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+    ingest_jetclass_file(args.input, args.output, sample=args.sample, **args.settings)
+
+
+def _cmd_dataquality(args: argparse.Namespace) -> None:
+    from taufm.plots.dataquality import plot_dataquality
+
+    summary = plot_dataquality(args.shards, args.output_stem, sample=args.sample, kind=args.kind)
+    log.info("data quality of %s: %s", args.sample, json.dumps(summary, sort_keys=True, default=str))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="taufm", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -132,6 +156,26 @@ def build_parser() -> argparse.ArgumentParser:
     jc.add_argument("--progress", action="store_true")
     jc.add_argument("--output", required=True)
     jc.set_defaults(func=_cmd_simulate_jetclass)
+    ie = sub.add_parser("ingest-ee", help="EDM4hep file -> labelled jets (Parquet shard + manifest)")
+    ie.add_argument("--sample", required=True, help="sample name recorded in the shard (ZH_Htautau, Z_Ztautau, qq, ...)")
+    ie.add_argument("--settings", type=_json_object, default={}, help="ingestion settings as JSON (or @file)")
+    ie.add_argument("--output", required=True, help="Parquet shard to write; the manifest goes to <output>.json")
+    ie.add_argument("input", help="EDM4hep ROOT file (Fuτure or taufm simulate-ee)")
+    ie.set_defaults(func=_cmd_ingest_ee)
+
+    ij = sub.add_parser("ingest-jetclass", help="JetClass file -> jets with candidate features (Parquet shard + manifest)")
+    ij.add_argument("--sample", required=True, help="process name recorded in the shard (e.g. ZJetsToNuNu, TTBar)")
+    ij.add_argument("--settings", type=_json_object, default={}, help="ingestion settings as JSON (or @file)")
+    ij.add_argument("--output", required=True)
+    ij.add_argument("input", help="JetClass ROOT file")
+    ij.set_defaults(func=_cmd_ingest_jetclass)
+
+    dq = sub.add_parser("dataquality", help="data-quality figure of one sample's shards (PNG + PDF)")
+    dq.add_argument("--sample", required=True)
+    dq.add_argument("--kind", required=True, choices=["ee", "jetclass"])
+    dq.add_argument("--output-stem", required=True, help="figure path without extension")
+    dq.add_argument("shards", nargs="+", help="Parquet shards of the sample")
+    dq.set_defaults(func=_cmd_dataquality)
     return parser
 
 

@@ -11,12 +11,15 @@ from pathlib import Path
 
 SIMULATED_EE = "simulated/future/{sample}/{sample}_{shard}.root"
 SIMULATED_JETCLASS = "simulated/jetclass/{process}_{shard}.root"
+INGESTED_EE = "ingested/future/{sample}/{sample}_{shard}.parquet"
+INGESTED_JETCLASS = "ingested/jetclass/{process}/{process}_{shard}.parquet"
+DATAQUALITY = "figures/dataquality/dataquality_{sample}"  # + .png / .pdf
 LOGS = "logs/{stage}/{name}.log"
 BENCHMARKS = "benchmarks/{stage}/{name}.tsv"
 
 
 def shard_label(index: int) -> str:
-    """Shard indices are written with three digits, as in the JetClass file names (``_000``)."""
+    """Shard indices are written with (at least) three digits, as in JetClass file names (``_000``)."""
     return f"{index:03d}"
 
 
@@ -26,3 +29,17 @@ def simulated_ee(results: str | Path, sample: str, shard: int) -> Path:
 
 def simulated_jetclass(results: str | Path, process: str, shard: int) -> Path:
     return Path(results) / SIMULATED_JETCLASS.format(process=process, shard=shard_label(shard))
+
+
+def ingested_ee(results: str | Path, sample: str, shard: int) -> Path:
+    return Path(results) / INGESTED_EE.format(sample=sample, shard=shard_label(shard))
+
+
+def ingested_jetclass(results: str | Path, process: str, shard: int) -> Path:
+    return Path(results) / INGESTED_JETCLASS.format(process=process, shard=shard_label(shard))
+
+
+def manifest(shard: str | Path) -> Path:
+    """The JSON manifest written beside a Parquet shard."""
+    shard = Path(shard)
+    return shard.with_name(shard.name + ".json")

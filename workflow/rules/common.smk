@@ -19,7 +19,8 @@ JETCLASS_PROCESSES = ["ZJetsToNuNu", "TTBar"]
 wildcard_constraints:
     sample="|".join(FUTURE_SAMPLES),
     process="|".join(JETCLASS_PROCESSES),
-    shard=r"\d{3}",
+    shard=r"\d\d\d+",
+    dq_sample="|".join(FUTURE_SAMPLES + JETCLASS_PROCESSES),
 
 
 def result(pattern):
@@ -67,3 +68,19 @@ def all_future_inputs():
 
 def all_jetclass_inputs():
     return [f for process in JETCLASS_PROCESSES for f in jetclass_inputs(process)]
+
+
+def ingested_shards(name):
+    """The Parquet shards of one Fuτure sample or JetClass process (one per input file)."""
+    if name in FUTURE_SAMPLES:
+        return [str(paths.ingested_ee(RESULTS, name, i)) for i in range(len(future_inputs(name)))]
+    return [str(paths.ingested_jetclass(RESULTS, name, i)) for i in range(len(jetclass_inputs(name)))]
+
+
+def all_ingested():
+    return [s for name in FUTURE_SAMPLES + JETCLASS_PROCESSES for s in ingested_shards(name)]
+
+
+def all_dataquality_figures():
+    stems = [result(paths.DATAQUALITY.format(sample=name)) for name in FUTURE_SAMPLES + JETCLASS_PROCESSES]
+    return [stem + ext for stem in stems for ext in (".png", ".pdf")]

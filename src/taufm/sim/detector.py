@@ -64,6 +64,9 @@ class DetectorParameters:
     muon_id_efficiency: float = 0.98
     muon_id_min_p: float = 3.0
     charged_hadron_as_neutral_probability: float = 0.02
+    neutral_fragment_probability: float = 0.4
+    neutral_fragment_max_fraction: float = 0.4
+    neutral_fragment_angle_rad: float = 0.02
     neutral_hadron_as_photon_probability: float = 0.10
     photon_as_neutral_hadron_probability: float = 0.02
 
@@ -81,7 +84,7 @@ class DetectorParameters:
         for key, value in values.items():
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value) or value < 0:
                 raise TaufmError(f"{where}.{key} must be a non-negative number, got {value!r}")
-            if key.endswith(("probability", "efficiency", "below_1gev")) and value > 1:
+            if key.endswith(("probability", "efficiency", "below_1gev", "fraction")) and value > 1:
                 raise TaufmError(f"{where}.{key} is a probability and must be in [0, 1], got {value!r}")
         return dataclasses.replace(base or cls(), **{k: float(v) for k, v in values.items()})
 
@@ -284,6 +287,27 @@ def simulate_response(particles: ak.Array, params: DetectorParameters, rng: np.r
             link_mc=member_mc[kept_links],
             link_weight=member_weight[kept_links],
         )
+
+    # Shower fragments: part of a tracked charged hadron's calorimeter shower is not associated
+    # with its track and becomes an extra neutral hadron nearby (energy double counted), the
+    # dominant particle-flow confusion in jets.
+    hadron_tracks = np.flatnonzero(~electron_id & ~muon_id & ~is_electron[t] & ~is_muon[t])
+    fragment = hadron_tracks[rng.random(len(hadron_tracks)) < params.neutral_fragment_probability]
+    f_energy = energy[t][fragment] * rng.uniform(0.0, params.neutral_fragment_max_fraction, len(fragment))
+    f_energy = _gaussian_smear(rng, f_energy, _calorimeter_sigma(f_energy, params.hcal_stochastic, params.hcal_constant))
+    f_theta = np.arccos(np.clip(pz[t][fragment] / p[t][fragment], -1, 1)) + params.neutral_fragment_angle_rad * rng.standard_normal(len(fragment))
+    f_phi = phi[fragment] + params.neutral_fragment_angle_rad * rng.standard_normal(len(fragment))
+    keep = f_energy >= params.neutral_hadron_min_energy
+    fragment, f_energy, f_theta, f_phi = fragment[keep], f_energy[keep], f_theta[keep], f_phi[keep]
+    pieces.add(
+        track_event[fragment],
+        np.full(len(fragment), TYPE_NEUTRAL_HADRON),
+        np.zeros(len(fragment)),
+        np.zeros(len(fragment)),
+        f_energy,
+        (f_energy * np.sin(f_theta) * np.cos(f_phi), f_energy * np.sin(f_theta) * np.sin(f_phi), f_energy * np.cos(f_theta)),
+        mc=mc[t][fragment],
+    )
 
     # Hadronic showers: neutral hadrons and charged particles without a (associated) track.
     had = np.flatnonzero(in_calo & ((is_neutral_hadron) | (is_charged & ~tracked & ~is_electron & ~is_muon)))

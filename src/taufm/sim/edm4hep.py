@@ -197,6 +197,36 @@ def event_branches(event_numbers: np.ndarray, run_number: int) -> dict[str, ak.A
     }
 
 
+# Collection names of newer podio/EDM4hep files (relations as _<collection>_<relation>, the
+# particle-flow collection as PandoraPFOs with a PDG field), for writing such files too.
+_CURRENT_PODIO_NAMES = {
+    "MCParticles#0": "_MCParticles_parents",
+    "MCParticles#1": "_MCParticles_daughters",
+    "MergedRecoParticles": "PandoraPFOs",
+    "MergedRecoParticles#0": "_PandoraPFOs_clusters",
+    "MergedRecoParticles#1": "_PandoraPFOs_tracks",
+    "SiTracks_Refitted_1": "_SiTracks_Refitted_trackStates",
+    "SiTracks_Refitted_1.covMatrix": "_SiTracks_Refitted_trackStates.covMatrix",
+    "RecoMCTruthLink#0": "_RecoMCTruthLink_rec",
+    "RecoMCTruthLink#1": "_RecoMCTruthLink_sim",
+}
+PODIO_NAMINGS = ("podio-legacy", "podio-current")
+
+
+def rename_for_naming(branches: dict[str, ak.Array], naming: str) -> dict[str, ak.Array]:
+    """Branch groups under the names of ``naming`` (``podio-legacy`` is how we write by default)."""
+    if naming == "podio-legacy":
+        return branches
+    if naming != "podio-current":
+        raise ValueError(f"unknown podio naming {naming!r}; known: {', '.join(PODIO_NAMINGS)}")
+    out = {}
+    for name, array in branches.items():
+        if name == "MergedRecoParticles":
+            array = ak.zip({("PDG" if f == "type" else f): array[f] for f in ak.fields(array)}, depth_limit=2)
+        out[_CURRENT_PODIO_NAMES.get(name, name)] = array
+    return out
+
+
 class EDM4hepWriter:
     """Write batches of events to one EDM4hep-layout ROOT file, atomically and reproducibly.
 
@@ -204,9 +234,12 @@ class EDM4hepWriter:
     without an exception.
     """
 
-    def __init__(self, path: str | Path, run_number: int = 0) -> None:
+    def __init__(self, path: str | Path, run_number: int = 0, naming: str = "podio-legacy") -> None:
+        if naming not in PODIO_NAMINGS:
+            raise ValueError(f"unknown podio naming {naming!r}; known: {', '.join(PODIO_NAMINGS)}")
         self.path = Path(path)
         self.run_number = run_number
+        self.naming = naming
         self._tree = None
 
     def __enter__(self) -> EDM4hepWriter:
@@ -219,6 +252,7 @@ class EDM4hepWriter:
 
     def write(self, record: GenRecord, reco: RecoEvents, event_numbers: np.ndarray) -> None:
         branches = {**event_branches(event_numbers, self.run_number), **mc_particle_branches(record), **reco_branches(reco)}
+        branches = rename_for_naming(branches, self.naming)
         if self._tree is None:
             self._tree = self._file.mktree(
                 TREE_NAME,

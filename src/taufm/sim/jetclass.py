@@ -226,6 +226,7 @@ DELPHES_CMS_LIKE = DetectorParameters(
     charged_hadron_as_neutral_probability=0.0,
     neutral_hadron_as_photon_probability=0.0,
     photon_as_neutral_hadron_probability=0.0,
+    neutral_fragment_probability=0.0,
 )
 
 

@@ -1,0 +1,1 @@
+"""Ingestion: ROOT files (EDM4hep Fuτure, JetClass) -> labelled jets -> Parquet shards."""

@@ -1,0 +1,248 @@
+"""e+e- ingestion on hand-built events with known answers, both podio namings, and bad input."""
+
+from __future__ import annotations
+
+import json
+
+import awkward as ak
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import uproot
+
+from taufm.errors import TaufmError
+from taufm.ingest.ee import EEIngestSettings, ingest_ee_file
+from taufm.ingest.shards import CANDIDATE_COLUMNS, MASK_COLUMN
+from taufm.physics.tau import DM_1H0PI0, DM_1H1PI0, DM_3H0PI0, DM_3HNPI0
+
+from .edm4hep_events import KNOWN_EVENTS, Event, p4, tau_to_pi_nu, tau_to_rho_nu, write_events
+
+SMALL_CHUNKS = EEIngestSettings(chunk_size=3)
+
+
+def assert_same_rows(a: dict, b: dict, ignore: tuple[str, ...] = ()) -> None:
+    """Column-by-column equality of two shards (NaN equals NaN)."""
+    assert set(a) == set(b)
+    for name in a:
+        if name not in ignore:
+            np.testing.assert_array_equal(np.asarray(a[name]), np.asarray(b[name]), err_msg=name)
+
+
+@pytest.fixture(scope="module")
+def known(tmp_path_factory):
+    """The hand-built events in one file, ingested; rows grouped by event number."""
+    d = tmp_path_factory.mktemp("known")
+    write_events(d / "known.root", [make() for make in KNOWN_EVENTS])
+    manifest = ingest_ee_file(d / "known.root", d / "known.parquet", sample="test", settings=SMALL_CHUNKS)
+    table = pq.read_table(d / "known.parquet").to_pydict()
+    rows: dict[int, list[dict]] = {}
+    for i, event in enumerate(table["event"]):
+        rows.setdefault(event, []).append({k: v[i] for k, v in table.items()})
+    return rows, manifest, d
+
+
+def _only(rows, event):
+    assert len(rows.get(event, [])) == 1, rows.get(event)
+    return rows[event][0]
+
+
+def test_one_prong_tau(known):
+    row = _only(known[0], 0)
+    assert row["label"] == 1 and row["decay_mode"] == DM_1H0PI0
+    assert row["gen_tau_vis_pt"] == pytest.approx(30.0, rel=1e-5)
+    assert row["gen_tau_charge"] == -1.0
+    assert row["n_cand"] == 1 and row[MASK_COLUMN] == [True] + [False] * 15
+    assert row["cand_pt"][0] == pytest.approx(30.0, rel=1e-5) and row["cand_isChargedHadron"][0] == 1.0
+    assert row["cand_charge"][0] == -1.0 and row["cand_d0"][0] == pytest.approx(0.01)
+    assert row["cand_d0err"][0] == pytest.approx(0.01) and row["cand_dzerr"][0] == pytest.approx(0.02)
+
+
+def test_rho_through_an_intermediate_resonance(known):
+    row = _only(known[0], 1)
+    assert row["label"] == 1 and row["decay_mode"] == DM_1H1PI0
+    # Visible pT: pi- (20) + two photons, nearly collinear -> ~34 GeV, equal to the jet here.
+    assert row["gen_tau_vis_pt"] == pytest.approx(row["jet_pt"], rel=1e-4)
+    assert row["n_cand"] == 3
+    assert row["cand_pt"][:3] == sorted(row["cand_pt"][:3], reverse=True), "candidates in decreasing pT"
+    assert sum(row["cand_isPhoton"]) == 2 and sum(row["cand_isChargedHadron"]) == 1
+    # Neutral candidates carry the lifetime sentinel.
+    photons = [i for i in range(3) if row["cand_isPhoton"][i]]
+    assert all(row["cand_d0"][i] == 0.0 and row["cand_d0err"][i] == 0.0 for i in photons)
+
+
+def test_three_prong_taus(known):
+    assert _only(known[0], 2)["decay_mode"] == DM_3H0PI0
+    row = _only(known[0], 3)
+    assert row["decay_mode"] == DM_3HNPI0 and row["n_cand"] == 5
+    assert sum(row["cand_charge"]) == -1.0
+
+
+def test_leptonic_tau_is_not_hadronic_and_its_jet_is_cleaned(known):
+    rows, manifest, _ = known
+    assert 4 not in rows
+    hadronic = next(r for r in manifest["cutflow"] if r["cut"] == "hadronic")
+    assert hadronic["in"] == 8 and hadronic["out"] == 7  # 8 taus, one of them leptonic
+
+
+def test_qq_event_gives_background_jets_only(known):
+    rows = known[0][5]
+    assert len(rows) == 2
+    assert all(r["label"] == 0 and r["decay_mode"] == -1 and np.isnan(r["gen_tau_vis_pt"]) for r in rows)
+    assert all(not np.isnan(r["gen_jet_pt"]) for r in rows)
+
+
+def test_jet_near_a_generator_electron_is_removed(known):
+    assert 6 not in known[0]
+
+
+def test_two_taus_competing_for_one_jet_match_one_to_one(known):
+    row = _only(known[0], 7)
+    assert row["label"] == 1
+    assert row["gen_tau_vis_pt"] == pytest.approx(30.0, rel=1e-5), "the tau nearest to the jet axis wins"
+    matched = next(r for r in known[1]["cutflow"] if r["cut"].startswith("hadronic tau matched"))
+    # Taus of events 0-3, 6, 7 (x2) are hadronic; event 6's gen jet is cleaned; one of event 7's loses.
+    assert matched["in"] == 7 and matched["out"] == 5
+
+
+def test_cutflow_accounts_for_every_event_and_jet(known):
+    rows, manifest, _ = known
+    flow = manifest["cutflow"]
+    events = next(r for r in flow if r["objects"] == "events")
+    assert events["in"] == manifest["events"] == len(KNOWN_EVENTS)
+    reco = [r for r in flow if r["objects"] == "reco jets" and not r["cut"].startswith("more than")]
+    for before, after in zip(reco, reco[1:]):
+        assert before["out"] == after["in"], (before, after)
+    assert reco[-1]["out"] == manifest["jets"] == sum(len(v) for v in rows.values())
+    assert manifest["signal_jets"] == sum(r["label"] for v in rows.values() for r in v)
+    assert sum(manifest["jets_per_split"].values()) == manifest["jets"]
+
+
+def test_both_podio_namings_give_the_same_shard(tmp_path):
+    events = [make() for make in KNOWN_EVENTS]
+    tables = {}
+    for naming in ("podio-legacy", "podio-current"):
+        root = tmp_path / naming / "events.root"
+        write_events(root, events, naming=naming)
+        ingest_ee_file(root, tmp_path / naming / "events.parquet", sample="test")
+        tables[naming] = pq.read_table(tmp_path / naming / "events.parquet").to_pydict()
+    with uproot.open(tmp_path / "podio-current" / "events.root") as f:
+        assert "_MCParticles_daughters.index" in f["events"] and "PandoraPFOs.PDG" in f["events"]
+    assert_same_rows(tables["podio-legacy"], tables["podio-current"])
+
+
+def test_chunking_does_not_change_the_shard(tmp_path, known):
+    _, _, d = known
+    ingest_ee_file(d / "known.root", tmp_path / "one_chunk.parquet", sample="test", settings=EEIngestSettings(chunk_size=1000))
+    assert_same_rows(pq.read_table(tmp_path / "one_chunk.parquet").to_pydict(), pq.read_table(d / "known.parquet").to_pydict())
+
+
+def test_signed_and_absolute_angles(tmp_path):
+    write_events(tmp_path / "rho.root", [tau_to_rho_nu()])
+    signed = ingest_ee_file(tmp_path / "rho.root", tmp_path / "s.parquet", sample="t")
+    absolute = ingest_ee_file(tmp_path / "rho.root", tmp_path / "a.parquet", sample="t", settings=EEIngestSettings(signed_angles=False))
+    s = pq.read_table(tmp_path / "s.parquet").to_pydict()
+    a = pq.read_table(tmp_path / "a.parquet").to_pydict()
+    assert signed["settings"]["signed_angles"] and not absolute["settings"]["signed_angles"]
+    assert min(s["cand_deta"][0][:3]) < 0 < max(s["cand_deta"][0][:3])
+    assert a["cand_deta"][0][:3] == pytest.approx(np.abs(s["cand_deta"][0][:3]))
+
+
+def test_truncation_to_max_candidates(tmp_path):
+    write_events(tmp_path / "rho.root", [tau_to_rho_nu()])
+    ingest_ee_file(tmp_path / "rho.root", tmp_path / "t.parquet", sample="t", settings=EEIngestSettings(max_candidates=2))
+    row = pq.read_table(tmp_path / "t.parquet").to_pylist()[0]
+    assert row["n_cand"] == 3 and len(row["cand_pt"]) == 2 and row[MASK_COLUMN] == [True, True]
+    assert set(CANDIDATE_COLUMNS) <= set(row)
+
+
+def test_simulated_ztautau_taus_are_found_and_matched(ee_files, tmp_path):
+    manifest = ingest_ee_file(ee_files["Z_Ztautau"], tmp_path / "z.parquet", sample="Z_Ztautau")
+    table = pq.read_table(tmp_path / "z.parquet", columns=["label", "decay_mode", "jet_pt", "gen_tau_vis_pt"]).to_pydict()
+    label = np.array(table["label"])
+    response = np.array(table["jet_pt"])[label == 1] / np.array(table["gen_tau_vis_pt"])[label == 1]
+    assert manifest["signal_jets"] > 0.6 * manifest["events"]
+    assert 0.85 < np.median(response) < 1.1
+    dm = np.array(table["decay_mode"])[label == 1]
+    assert 0.3 < np.mean(dm == DM_1H1PI0) < 0.5
+
+
+# --- Bad input ------------------------------------------------------------------------------------
+
+
+def _no_output(tmp_path):
+    return not list(tmp_path.glob("*.parquet")) and not list(tmp_path.glob("*.json"))
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(TaufmError, match="nowhere.root: no such file"):
+        ingest_ee_file(tmp_path / "nowhere.root", tmp_path / "out.parquet", sample="t")
+    assert _no_output(tmp_path)
+
+
+def test_corrupt_and_truncated_files(tmp_path):
+    (tmp_path / "garbage.root").write_bytes(b"this is not a ROOT file" * 100)
+    with pytest.raises(TaufmError, match="garbage.root"):
+        ingest_ee_file(tmp_path / "garbage.root", tmp_path / "out.parquet", sample="t")
+    write_events(tmp_path / "good.root", [tau_to_pi_nu() for _ in range(50)])
+    data = (tmp_path / "good.root").read_bytes()
+    (tmp_path / "truncated.root").write_bytes(data[: len(data) // 2])
+    with pytest.raises(TaufmError, match="truncated.root"):
+        ingest_ee_file(tmp_path / "truncated.root", tmp_path / "out.parquet", sample="t")
+    assert _no_output(tmp_path)
+
+
+def test_file_missing_a_branch(tmp_path):
+    write_events(tmp_path / "good.root", [tau_to_pi_nu()])
+    with uproot.open(tmp_path / "good.root") as f:
+        arrays = f["events"].arrays(filter_name=["MCParticles*", "MergedRecoParticles.*", "MergedRecoParticles#1.index"])
+    keep = {k: arrays[k] for k in arrays.fields if k != "MergedRecoParticles.tracks_begin"}
+    with uproot.recreate(tmp_path / "broken.root") as f:
+        f.mktree("events", {k: v.type for k, v in keep.items()})
+        f["events"].extend(keep)
+    with pytest.raises(TaufmError, match="MergedRecoParticles.tracks_begin"):
+        ingest_ee_file(tmp_path / "broken.root", tmp_path / "out.parquet", sample="t")
+    assert _no_output(tmp_path)
+
+
+def test_file_without_events_tree_or_events(tmp_path):
+    with uproot.recreate(tmp_path / "other.root") as f:
+        f.mktree("tree", {"x": np.float32})
+    with pytest.raises(TaufmError, match="no tree 'events'"):
+        ingest_ee_file(tmp_path / "other.root", tmp_path / "out.parquet", sample="t")
+    write_events(tmp_path / "one.root", [tau_to_pi_nu()])
+    with uproot.open(tmp_path / "one.root") as f:
+        arrays = f["events"].arrays()
+    with uproot.recreate(tmp_path / "empty.root") as f:
+        f.mktree("events", {k: arrays[k].type for k in arrays.fields if not k.startswith("n")})
+    with pytest.raises(TaufmError, match="empty.root"):
+        ingest_ee_file(tmp_path / "empty.root", tmp_path / "out.parquet", sample="t")
+    assert _no_output(tmp_path)
+
+
+def test_nan_momenta_are_counted_skips_not_crashes(tmp_path):
+    bad = tau_to_pi_nu()
+    bad.reco[0]["px"] = float("nan")
+    write_events(tmp_path / "nan.root", [tau_to_pi_nu(), bad, tau_to_rho_nu()])
+    manifest = ingest_ee_file(tmp_path / "nan.root", tmp_path / "out.parquet", sample="t")
+    events = next(r for r in manifest["cutflow"] if r["objects"] == "events")
+    assert events == {"objects": "events", "cut": "finite momenta (others skipped)", "in": 3, "out": 2}
+    assert manifest["jets"] == 2
+    assert json.loads((tmp_path / "out.parquet.json").read_text())["events"] == 3
+
+
+def test_unknown_setting_is_named():
+    with pytest.raises(TaufmError, match="jet_radus"):
+        EEIngestSettings.from_mapping({"jet_radus": 0.5})
+    with pytest.raises(TaufmError, match="lepton_cleaning"):
+        EEIngestSettings.from_mapping({"lepton_cleaning": "electrons"})
+
+
+def test_split_is_stable_when_a_file_grows(tmp_path):
+    events = [tau_to_pi_nu(eta=0.1 * i) for i in range(40)]
+    write_events(tmp_path / "run.root", events[:20])
+    ingest_ee_file(tmp_path / "run.root", tmp_path / "small.parquet", sample="t")
+    write_events(tmp_path / "run.root", events)
+    ingest_ee_file(tmp_path / "run.root", tmp_path / "large.parquet", sample="t")
+    small = pq.read_table(tmp_path / "small.parquet", columns=["event", "split"]).to_pydict()
+    large = pq.read_table(tmp_path / "large.parquet", columns=["event", "split"]).to_pydict()
+    assert dict(zip(small["event"], small["split"])).items() <= dict(zip(large["event"], large["split"])).items()

@@ -1,0 +1,87 @@
+# Ingestion: ROOT files (simulated or real) -> labelled jets with candidate features -> Parquet
+# shards (one per input file, with a JSON manifest holding the cutflow) and data-quality figures.
+
+INGEST = config["ingest"]
+
+
+def ee_ingest_settings():
+    return as_json({**INGEST["future"], "split_ratios": INGEST["split_ratios"], "chunk_size": INGEST["chunk_size"]})
+
+
+def jetclass_ingest_settings():
+    return as_json({**INGEST["jetclass"], "split_ratios": INGEST["split_ratios"], "chunk_size": INGEST["chunk_size"]})
+
+
+rule ingest_ee:
+    """One EDM4hep file -> reco jets clustered with ee-genkt (R=0.4, p=-1), matched one-to-one to
+    generator hadronic taus, labelled (tau/background, decay mode, visible pT), with per-candidate
+    features; a Parquet shard plus a manifest with the cutflow."""
+    input:
+        lambda wildcards: future_inputs(wildcards.sample)[int(wildcards.shard)],
+    output:
+        shard=result(paths.INGESTED_EE),
+        manifest=result(paths.INGESTED_EE + ".json"),
+    params:
+        settings=ee_ingest_settings(),
+    log:
+        result(paths.LOGS.format(stage="ingest_ee", name="{sample}_{shard}")),
+    benchmark:
+        result(paths.BENCHMARKS.format(stage="ingest_ee", name="{sample}_{shard}"))
+    conda:
+        "../../envs/taufm.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    shell:
+        "taufm ingest-ee --sample {wildcards.sample} --settings {params.settings:q}"
+        " --output {output.shard:q} {input:q} 2> {log:q}"
+
+
+rule ingest_jetclass:
+    """One JetClass file -> jets with pT-ordered candidate features (the columns of the e+e-
+    shards) and their JetClass label; a Parquet shard plus a manifest."""
+    input:
+        lambda wildcards: jetclass_inputs(wildcards.process)[int(wildcards.shard)],
+    output:
+        shard=result(paths.INGESTED_JETCLASS),
+        manifest=result(paths.INGESTED_JETCLASS + ".json"),
+    params:
+        settings=jetclass_ingest_settings(),
+    log:
+        result(paths.LOGS.format(stage="ingest_jetclass", name="{process}_{shard}")),
+    benchmark:
+        result(paths.BENCHMARKS.format(stage="ingest_jetclass", name="{process}_{shard}"))
+    conda:
+        "../../envs/taufm.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    shell:
+        "taufm ingest-jetclass --sample {wildcards.process} --settings {params.settings:q}"
+        " --output {output.shard:q} {input:q} 2> {log:q}"
+
+
+rule dataquality:
+    """Data-quality figure of one sample: jet pT, candidate multiplicity, decay-mode fractions and
+    reco-jet pT / visible tau pT (e+e-), or soft-drop mass and tau3/tau2 (JetClass)."""
+    input:
+        lambda wildcards: ingested_shards(wildcards.dq_sample),
+    output:
+        png=result(paths.DATAQUALITY.format(sample="{dq_sample}") + ".png"),
+        pdf=result(paths.DATAQUALITY.format(sample="{dq_sample}") + ".pdf"),
+    params:
+        kind=lambda wildcards: "ee" if wildcards.dq_sample in FUTURE_SAMPLES else "jetclass",
+        stem=lambda wildcards: result(paths.DATAQUALITY.format(sample=wildcards.dq_sample)),
+    log:
+        result(paths.LOGS.format(stage="dataquality", name="{dq_sample}")),
+    conda:
+        "../../envs/taufm.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=20,
+    shell:
+        "taufm dataquality --sample {wildcards.dq_sample} --kind {params.kind}"
+        " --output-stem {params.stem:q} {input:q} 2> {log:q}"
