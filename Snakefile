@@ -18,11 +18,14 @@ configfile: "config.yaml"
 include: "workflow/rules/common.smk"
 include: "workflow/rules/simulate.smk"
 include: "workflow/rules/ingest.smk"
+include: "workflow/rules/tokenizer.smk"
 
 
 rule all:
-    """Everything the landed stages produce: today the ingested jet shards of every sample and
-    their data-quality figures (from the simulated files, or the real files in data.files)."""
+    """Everything the landed stages produce: the ingested jet shards of every sample with their
+    data-quality figures, the trained tokenizer with the paper's Fig. 2-3 checks, and the token
+    shards (from the simulated files, or the real files in data.files)."""
     input:
         all_ingested(),
         all_dataquality_figures(),
+        all_tokenizer_outputs(),

@@ -70,6 +70,15 @@ def test_smoke_run_produces_every_output(smoke_run):
         for ext in ("png", "pdf"):
             figure = smoke_run / "figures" / "dataquality" / f"dataquality_{name}.{ext}"
             assert figure.stat().st_size > 1000, figure
+    tokenizer = smoke_run / "tokenizer"
+    assert (tokenizer / "tokenizer.pt").stat().st_size > 0 and (tokenizer / "history.csv").exists()
+    for stem in ("fig2_residuals", "fig3_pid_confusion", "fig3_charge_confusion"):
+        assert (smoke_run / "figures" / "tokenizer" / f"{stem}.png").stat().st_size > 1000
+    tokenized = sorted((smoke_run / "tokenized").rglob("*.parquet"))
+    assert len(tokenized) == len(ingested)
+    for shard in tokenized:
+        table = pq.read_table(shard, columns=["tokens", "token_mask"]).to_pydict()
+        assert all(row[0] == 0 for row in table["tokens"]), "every sequence starts with the start token"
     assert list((smoke_run / "logs").rglob("*.log")), "every job keeps a log"
     assert list((smoke_run / "benchmarks").rglob("*.tsv")), "every job keeps a benchmark"
 

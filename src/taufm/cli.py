@@ -125,6 +125,49 @@ def _cmd_dataquality(args: argparse.Namespace) -> None:
     log.info("data quality of %s: %s", args.sample, json.dumps(summary, sort_keys=True, default=str))
 
 
+def _set_threads(threads: int | None) -> None:
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+def _cmd_train_tokenizer(args: argparse.Namespace) -> None:
+    from taufm.tokenizer.train import TokenizerSettings, train_tokenizer
+
+    _set_threads(args.threads)
+    settings = TokenizerSettings.from_mapping(args.settings)
+    summary = train_tokenizer(args.shards, args.output_dir, settings)
+    log.info("tokenizer trained: %s", json.dumps({k: summary[k] for k in ("best_epoch", "val_best", "val_mean_prediction")}, default=str))
+
+
+def _cmd_tokenize(args: argparse.Namespace) -> None:
+    from taufm.tokenizer.tokenize import tokenize_shard
+
+    _set_threads(args.threads)
+    tokenize_shard(args.input, args.tokenizer, args.output)
+
+
+def _future_samples(pairs: list[str]) -> dict[str, list[str]]:
+    samples: dict[str, list[str]] = {}
+    for pair in pairs:
+        name, sep, path = pair.partition("=")
+        if not sep or not name or not path:
+            raise TaufmError(f"--future expects SAMPLE=PATH, got {pair!r}")
+        samples.setdefault(name, []).append(path)
+    return samples
+
+
+def _cmd_tokenizer_checks(args: argparse.Namespace) -> None:
+    from taufm.plots.tokenizer_checks import plot_tokenizer_checks
+
+    _set_threads(args.threads)
+    summary = plot_tokenizer_checks(
+        args.tokenizer, args.jetclass, _future_samples(args.future), args.output_dir, split=args.split, max_jets=args.max_jets, seed=args.seed
+    )
+    log.info("tokenizer checks: %s", json.dumps(summary, sort_keys=True, default=str))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="taufm", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -176,6 +219,30 @@ def build_parser() -> argparse.ArgumentParser:
     dq.add_argument("--output-stem", required=True, help="figure path without extension")
     dq.add_argument("shards", nargs="+", help="Parquet shards of the sample")
     dq.set_defaults(func=_cmd_dataquality)
+    tt = sub.add_parser("train-tokenizer", help="train the VQ-VAE tokenizer on ingested JetClass shards")
+    tt.add_argument("--settings", type=_json_object, default={}, help="tokenizer settings as JSON (or @file)")
+    tt.add_argument("--output-dir", required=True, help="gets tokenizer.pt, history.csv, summary.json, checkpoint_last.pt")
+    tt.add_argument("--threads", type=_positive_int, default=None, help="CPU threads for torch")
+    tt.add_argument("shards", nargs="+", help="ingested JetClass shards (train and val splits are used)")
+    tt.set_defaults(func=_cmd_train_tokenizer)
+
+    tk = sub.add_parser("tokenize", help="ingested shard -> token sequences (Parquet shard + manifest)")
+    tk.add_argument("--tokenizer", required=True, help="tokenizer.pt from train-tokenizer")
+    tk.add_argument("--output", required=True)
+    tk.add_argument("--threads", type=_positive_int, default=None)
+    tk.add_argument("input", help="ingested shard (e+e- or JetClass)")
+    tk.set_defaults(func=_cmd_tokenize)
+
+    tc = sub.add_parser("tokenizer-checks", help="the paper's Fig. 2 (residuals) and Fig. 3 (PID confusion)")
+    tc.add_argument("--tokenizer", required=True)
+    tc.add_argument("--jetclass", nargs="+", required=True, help="ingested JetClass shards")
+    tc.add_argument("--future", nargs="+", required=True, metavar="SAMPLE=PATH", help="ingested Fuτure shards, each as SAMPLE=PATH")
+    tc.add_argument("--output-dir", required=True)
+    tc.add_argument("--split", default="test", choices=["train", "val", "test"])
+    tc.add_argument("--max-jets", type=_positive_int, default=5000)
+    tc.add_argument("--seed", type=int, default=0)
+    tc.add_argument("--threads", type=_positive_int, default=None)
+    tc.set_defaults(func=_cmd_tokenizer_checks)
     return parser
 
 

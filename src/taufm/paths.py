@@ -14,6 +14,13 @@ SIMULATED_JETCLASS = "simulated/jetclass/{process}_{shard}.root"
 INGESTED_EE = "ingested/future/{sample}/{sample}_{shard}.parquet"
 INGESTED_JETCLASS = "ingested/jetclass/{process}/{process}_{shard}.parquet"
 DATAQUALITY = "figures/dataquality/dataquality_{sample}"  # + .png / .pdf
+TOKENIZER_MODEL = "tokenizer/tokenizer.pt"
+TOKENIZER_HISTORY = "tokenizer/history.csv"
+TOKENIZER_SUMMARY = "tokenizer/summary.json"
+TOKENIZER_FIGURES = "figures/tokenizer"
+TOKENIZER_FIGURE_STEMS = ("fig2_residuals", "fig3_pid_confusion", "fig3_charge_confusion")
+TOKENIZED_EE = "tokenized/future/{sample}/{sample}_{shard}.parquet"
+TOKENIZED_JETCLASS = "tokenized/jetclass/{process}/{process}_{shard}.parquet"
 LOGS = "logs/{stage}/{name}.log"
 BENCHMARKS = "benchmarks/{stage}/{name}.tsv"
 
@@ -37,6 +44,14 @@ def ingested_ee(results: str | Path, sample: str, shard: int) -> Path:
 
 def ingested_jetclass(results: str | Path, process: str, shard: int) -> Path:
     return Path(results) / INGESTED_JETCLASS.format(process=process, shard=shard_label(shard))
+
+
+def tokenized_ee(results: str | Path, sample: str, shard: int) -> Path:
+    return Path(results) / TOKENIZED_EE.format(sample=sample, shard=shard_label(shard))
+
+
+def tokenized_jetclass(results: str | Path, process: str, shard: int) -> Path:
+    return Path(results) / TOKENIZED_JETCLASS.format(process=process, shard=shard_label(shard))
 
 
 def manifest(shard: str | Path) -> Path:

@@ -84,3 +84,14 @@ def all_ingested():
 def all_dataquality_figures():
     stems = [result(paths.DATAQUALITY.format(sample=name)) for name in FUTURE_SAMPLES + JETCLASS_PROCESSES]
     return [stem + ext for stem in stems for ext in (".png", ".pdf")]
+
+
+def all_tokenized():
+    ee = [str(paths.tokenized_ee(RESULTS, name, i)) for name in FUTURE_SAMPLES for i in range(len(future_inputs(name)))]
+    jc = [str(paths.tokenized_jetclass(RESULTS, name, i)) for name in JETCLASS_PROCESSES for i in range(len(jetclass_inputs(name)))]
+    return ee + jc
+
+
+def all_tokenizer_outputs():
+    figures = [result(f"{paths.TOKENIZER_FIGURES}/{stem}.{ext}") for stem in paths.TOKENIZER_FIGURE_STEMS for ext in ("png", "pdf")]
+    return [result(paths.TOKENIZER_MODEL), result(paths.TOKENIZER_SUMMARY), *figures, *all_tokenized()]

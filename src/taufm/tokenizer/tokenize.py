@@ -1,0 +1,100 @@
+"""Turning ingested jet shards into token sequences with a trained tokenizer.
+
+Each jet becomes ``[start, code_1 + 1, ..., code_n + 1, stop]`` followed by padding: the start
+token is 0, the codes of the jet's candidates (pT order, after the tokenizer's angular cuts) are
+shifted to 1..K, the stop token is K + 1; padding positions hold 0 and are false in
+``token_mask``. Every other column of the input shard (labels, jet kinematics, split) is carried
+over, so the token shards are all later stages need.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+
+from taufm.data import CANDIDATE_FEATURE_COLUMNS, candidate_arrays, column_to_numpy
+from taufm.errors import TaufmError
+from taufm.ingest.shards import MASK_COLUMN, ShardWriter
+from taufm.tokenizer.train import load_tokenizer
+
+log = logging.getLogger(__name__)
+
+START_TOKEN = 0
+
+
+def stop_token(codebook_size: int) -> int:
+    return codebook_size + 1
+
+
+def token_sequences(codes: np.ndarray, mask: np.ndarray, codebook_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(tokens, token_mask) of shape (jets, candidates + 2) from per-candidate codes and mask."""
+    n_jets, width = codes.shape
+    order = np.argsort(~mask, axis=1, kind="stable")  # real candidates first, in their order
+    compact = np.take_along_axis(codes, order, axis=1)
+    n = mask.sum(axis=1)
+    position = np.arange(width)[None, :]
+    tokens = np.zeros((n_jets, width + 2), dtype=np.int32)
+    tokens[:, 1 : width + 1] = np.where(position < n[:, None], compact + 1, 0)
+    tokens[np.arange(n_jets), n + 1] = stop_token(codebook_size)
+    token_mask = np.arange(width + 2)[None, :] < (n + 2)[:, None]
+    return tokens, token_mask
+
+
+def codes_of_tokens(tokens: np.ndarray, token_mask: np.ndarray, codebook_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The inverse of :func:`token_sequences`: per-candidate codes (-1 where none) and mask."""
+    inner = tokens[:, 1:-1].astype(np.int64) - 1
+    inner_mask = token_mask[:, 1:-1] & (tokens[:, 1:-1] != stop_token(codebook_size)) & (tokens[:, 1:-1] != START_TOKEN)
+    return np.where(inner_mask, inner, -1), inner_mask
+
+
+def _file_digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+@torch.no_grad()
+def tokenize_shard(shard: str | Path, tokenizer: str | Path, output: str | Path, batch_size: int = 4096) -> dict:
+    """Tokenize one ingested shard; returns the manifest written beside the output."""
+    shard, tokenizer = Path(shard), Path(tokenizer)
+    model, preprocessing = load_tokenizer(tokenizer)
+    k = model.config.codebook_size
+    try:
+        parquet = pq.ParquetFile(shard)
+    except Exception as err:
+        raise TaufmError(f"{shard}: not a readable Parquet shard ({err})") from err
+    names = parquet.schema_arrow.names
+    missing = [c for c in (*CANDIDATE_FEATURE_COLUMNS, MASK_COLUMN) if c not in names]
+    if missing:
+        raise TaufmError(f"{shard}: missing column(s) {', '.join(missing)} (tokenize reads ingested shards)")
+    if parquet.metadata.num_rows == 0:
+        raise TaufmError(f"{shard}: empty shard (no jets to tokenize)")
+    carried = [c for c in names if not c.startswith("cand_")]
+    jets = dropped = 0
+    with ShardWriter(output) as writer:
+        for batch in parquet.iter_batches(batch_size=batch_size):
+            table = {c: column_to_numpy(batch.column(c)) for c in batch.schema.names}
+            features, mask = candidate_arrays(table)
+            inputs = preprocessing.model_inputs(features, mask)
+            x = torch.from_numpy(inputs["inputs"])
+            m = torch.from_numpy(inputs["mask"])
+            latent = model.encode(x, m)
+            codes = np.full(m.shape, -1, dtype=np.int64)
+            codes[inputs["mask"]] = model.quantizer.nearest(latent[m]).numpy()
+            tokens, token_mask = token_sequences(codes, inputs["mask"], k)
+            writer.write({**{c: table[c] for c in carried}, "n_tokens": token_mask.sum(axis=1).astype(np.int16), "tokens": tokens, "token_mask": token_mask})
+            jets += len(tokens)
+            dropped += int((mask & ~inputs["mask"]).sum())
+        writer.manifest = {
+            "stage": "tokenize",
+            "input": str(shard),
+            "jets": jets,
+            "candidates_dropped_by_tokenizer_cuts": dropped,
+            "tokenizer": {"path": str(tokenizer), "sha256": _file_digest(tokenizer), "codebook_size": k, "model": model.config.to_dict(), "preprocessing": preprocessing.to_dict()},
+            "token_ids": {"start": START_TOKEN, "codes": [1, k], "stop": stop_token(k), "padding": 0, "vocabulary_size": k + 2},
+        }
+    log.info("tokenized %s -> %s: %d jets", shard, output, jets)
+    return dict(writer.manifest)

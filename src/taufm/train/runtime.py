@@ -1,0 +1,131 @@
+"""Device, precision, seeds, checkpoints and history for every training stage.
+
+Checkpoints are plain ``torch.save`` dictionaries of tensors, numbers, strings and lists, loaded
+back with ``weights_only=True`` (no pickled code runs on load), written atomically. A checkpoint
+carries the model and optimiser states, the epoch, the RNG states and the configuration, so a
+run restarted with the same command continues exactly where it stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import random
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from taufm.errors import TaufmError
+from taufm.io import atomic_output
+
+
+def select_device(spec: str = "auto") -> torch.device:
+    """``auto``: CUDA when present, else CPU; or an explicit ``cpu`` / ``cuda`` / ``cuda:N``."""
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(spec)
+    except RuntimeError as err:
+        raise TaufmError(f"unknown device {spec!r} (use auto, cpu, cuda or cuda:N)") from err
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise TaufmError(f"device {spec!r} requested but CUDA is not available here")
+    return device
+
+
+def autocast(device: torch.device):
+    """bf16 autocast on GPU; full precision on CPU (same code path, same outputs format)."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict:
+    """All RNG states, as weights_only-loadable objects."""
+    numpy_state = np.random.get_state()
+    state = {
+        "python": list(random.getstate()[1]),
+        "python_version": random.getstate()[0],
+        "python_gauss": random.getstate()[2],
+        "numpy_keys": torch.from_numpy(numpy_state[1].astype(np.int64)),
+        "numpy_pos": int(numpy_state[2]),
+        "numpy_has_gauss": int(numpy_state[3]),
+        "numpy_cached_gauss": float(numpy_state[4]),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: Mapping) -> None:
+    random.setstate((state["python_version"], tuple(state["python"]), state["python_gauss"]))
+    np.random.set_state(("MT19937", state["numpy_keys"].numpy().astype(np.uint32), state["numpy_pos"], state["numpy_has_gauss"], state["numpy_cached_gauss"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(path: str | Path, payload: Mapping) -> None:
+    """``torch.save`` of ``payload`` to ``path``, atomically (never a half-written checkpoint)."""
+    buffer = io.BytesIO()
+    torch.save(dict(payload), buffer)
+    with atomic_output(path) as tmp:
+        tmp.write_bytes(buffer.getvalue())
+
+
+def load_checkpoint(path: str | Path, expect: Mapping | None = None) -> dict:
+    """Load a checkpoint with ``weights_only=True``; check ``expect`` items against its config.
+
+    A missing or unreadable file, or a configuration that differs in an expected item (say the
+    codebook size), is a :class:`TaufmError` naming the file and the item.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise TaufmError(f"{path}: no such checkpoint")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise TaufmError(f"{path}: not a readable taufm checkpoint ({type(err).__name__}: {err})") from err
+    if not isinstance(payload, dict) or "config" not in payload:
+        raise TaufmError(f"{path}: not a taufm checkpoint (no config)")
+    for key, value in (expect or {}).items():
+        found = payload["config"].get(key, "<absent>")
+        if found != value:
+            raise TaufmError(f"{path}: checkpoint has {key} = {found!r}, this run needs {value!r}")
+    return payload
+
+
+def load_state_strict(module: torch.nn.Module, state: Mapping[str, torch.Tensor], path: str | Path) -> None:
+    """``load_state_dict(strict=True)`` with a clear error naming the file and the mismatches."""
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise TaufmError(f"{path}: weights do not fit the model: {err}") from err
+
+
+class History:
+    """Per-epoch training history in a CSV file, rewritten atomically after every epoch."""
+
+    def __init__(self, path: str | Path, rows: Sequence[Mapping] = ()) -> None:
+        self.path = Path(path)
+        self.rows = [dict(r) for r in rows]
+
+    def append(self, row: Mapping) -> None:
+        self.rows.append(dict(row))
+        self.write()
+
+    def write(self) -> None:
+        fields = list(dict.fromkeys(k for row in self.rows for k in row))
+        with atomic_output(self.path) as tmp, open(tmp, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=fields)
+            writer.writeheader()
+            writer.writerows(self.rows)

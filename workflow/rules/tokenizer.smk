@@ -1,0 +1,104 @@
+# The VQ-VAE tokenizer: trained on JetClass(-like) jets, checked against the paper's Fig. 2 and 3
+# on JetClass and Fuτure jets, then used to turn every ingested shard into token sequences.
+
+TOKENIZER = config["tokenizer"]
+
+
+def tokenizer_settings():
+    return as_json({k: v for k, v in TOKENIZER.items() if k != "checks"})
+
+
+rule train_tokenizer:
+    """Train the VQ-VAE (OmniJet-alpha style) on the train split of the JetClass shards,
+    validating on their val split; keeps the best model, the history and a resumable checkpoint."""
+    input:
+        lambda wildcards: [s for p in JETCLASS_PROCESSES for s in ingested_shards(p)],
+    output:
+        model=result(paths.TOKENIZER_MODEL),
+        history=result(paths.TOKENIZER_HISTORY),
+        summary=result(paths.TOKENIZER_SUMMARY),
+    params:
+        settings=tokenizer_settings(),
+        output_dir=lambda wildcards, output: str(Path(output.model).parent),
+    log:
+        result(paths.LOGS.format(stage="tokenizer", name="train_tokenizer")),
+    benchmark:
+        result(paths.BENCHMARKS.format(stage="tokenizer", name="train_tokenizer"))
+    conda:
+        "../../envs/taufm.yaml"
+    threads: workflow.cores
+    resources:
+        mem_mb=8000,
+        runtime=240,
+        gpu=1 if TOKENIZER["device"] != "cpu" else 0,
+    shell:
+        "taufm train-tokenizer --settings {params.settings:q} --output-dir {params.output_dir:q}"
+        " --threads {threads} {input:q} 2> {log:q}"
+
+
+rule tokenizer_checks:
+    """The paper's Fig. 2 (reconstruction residuals per feature) and Fig. 3 (PID confusion
+    through encode/decode) on JetClass and on each Fuτure sample."""
+    input:
+        model=result(paths.TOKENIZER_MODEL),
+        jetclass=lambda wildcards: [s for p in JETCLASS_PROCESSES for s in ingested_shards(p)],
+        future=lambda wildcards: [s for name in FUTURE_SAMPLES for s in ingested_shards(name)],
+    output:
+        [result(f"{paths.TOKENIZER_FIGURES}/{stem}.{ext}") for stem in paths.TOKENIZER_FIGURE_STEMS for ext in ("png", "pdf")],
+    params:
+        future=lambda wildcards: " ".join(f"{name}={s}" for name in FUTURE_SAMPLES for s in ingested_shards(name)),
+        output_dir=result(paths.TOKENIZER_FIGURES),
+        split=TOKENIZER["checks"]["split"],
+        max_jets=TOKENIZER["checks"]["max_jets"],
+    log:
+        result(paths.LOGS.format(stage="tokenizer", name="tokenizer_checks")),
+    conda:
+        "../../envs/taufm.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    shell:
+        "taufm tokenizer-checks --tokenizer {input.model:q} --jetclass {input.jetclass:q}"
+        " --future {params.future} --output-dir {params.output_dir:q} --split {params.split}"
+        " --max-jets {params.max_jets} --threads {threads} 2> {log:q}"
+
+
+rule tokenize_ee:
+    """One ingested Fuτure shard -> token sequences (start 0, codes 1..K, stop K+1)."""
+    input:
+        shard=result(paths.INGESTED_EE),
+        model=result(paths.TOKENIZER_MODEL),
+    output:
+        shard=result(paths.TOKENIZED_EE),
+        manifest=result(paths.TOKENIZED_EE + ".json"),
+    log:
+        result(paths.LOGS.format(stage="tokenize", name="{sample}_{shard}")),
+    conda:
+        "../../envs/taufm.yaml"
+    threads: 1
+    resources:
+        mem_mb=3000,
+        runtime=30,
+    shell:
+        "taufm tokenize --tokenizer {input.model:q} --output {output.shard:q} --threads {threads} {input.shard:q} 2> {log:q}"
+
+
+rule tokenize_jetclass:
+    """One ingested JetClass shard -> token sequences (start 0, codes 1..K, stop K+1)."""
+    input:
+        shard=result(paths.INGESTED_JETCLASS),
+        model=result(paths.TOKENIZER_MODEL),
+    output:
+        shard=result(paths.TOKENIZED_JETCLASS),
+        manifest=result(paths.TOKENIZED_JETCLASS + ".json"),
+    log:
+        result(paths.LOGS.format(stage="tokenize", name="{process}_{shard}")),
+    conda:
+        "../../envs/taufm.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    shell:
+        "taufm tokenize --tokenizer {input.model:q} --output {output.shard:q} --threads {threads} {input.shard:q} 2> {log:q}"
