@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-import awkward as ak
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
@@ -15,7 +14,7 @@ from taufm.ingest.ee import EEIngestSettings, ingest_ee_file
 from taufm.ingest.shards import CANDIDATE_COLUMNS, MASK_COLUMN
 from taufm.physics.tau import DM_1H0PI0, DM_1H1PI0, DM_3H0PI0, DM_3HNPI0
 
-from .edm4hep_events import KNOWN_EVENTS, Event, p4, tau_to_pi_nu, tau_to_rho_nu, write_events
+from .edm4hep_events import KNOWN_EVENTS, tau_to_pi_nu, tau_to_rho_nu, write_events
 
 SMALL_CHUNKS = EEIngestSettings(chunk_size=3)
 

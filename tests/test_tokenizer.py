@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from taufm.errors import TaufmError
-from taufm.ingest.shards import CANDIDATE_COLUMNS, CANDIDATE_FEATURES, MASK_COLUMN, write_shard
+from taufm.ingest.shards import CANDIDATE_FEATURES, MASK_COLUMN, write_shard
 from taufm.models.vqvae import VQVAE, VQVAEConfig, VectorQuantizer, reconstruction_losses
 from taufm.tokenizer.preprocessing import Preprocessing
 from taufm.tokenizer.tokenize import codes_of_tokens, stop_token, token_sequences, tokenize_shard

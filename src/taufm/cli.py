@@ -12,6 +12,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from taufm.config import reject_unknown_keys
 from taufm.errors import TaufmError
 
 log = logging.getLogger("taufm")
@@ -78,10 +79,7 @@ def _cmd_simulate_jetclass(args: argparse.Namespace) -> None:
 
     detector = DetectorParameters.from_mapping(args.detector, where="detector.jetclass", base=DELPHES_CMS_LIKE)
     jet = args.jet
-    known_jet_keys = {"radius", "pt_min", "pt_max", "abs_eta_max"}
-    unknown = sorted(set(jet) - known_jet_keys)
-    if unknown:
-        raise TaufmError(f"unknown jet setting(s): {', '.join(unknown)} (known: {', '.join(sorted(known_jet_keys))})")
+    reject_unknown_keys(jet, {"radius", "pt_min", "pt_max", "abs_eta_max"}, "simulate.jetclass.jet")
     simulate_jetclass_shard(
         args.process,
         args.shard,
@@ -111,10 +109,7 @@ def _cmd_ingest_ee(args: argparse.Namespace) -> None:
 def _cmd_ingest_jetclass(args: argparse.Namespace) -> None:
     from taufm.ingest.jetclass import ingest_jetclass_file
 
-    known = {"max_candidates", "signed_angles", "lifetime_sentinel", "split_ratios", "chunk_size"}
-    unknown = sorted(set(args.settings) - known)
-    if unknown:
-        raise TaufmError(f"unknown ingest setting(s): {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+    reject_unknown_keys(args.settings, {"max_candidates", "signed_angles", "lifetime_sentinel", "split_ratios", "chunk_size"}, "ingest.jetclass")
     ingest_jetclass_file(args.input, args.output, sample=args.sample, **args.settings)
 
 

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import jsonschema
 import yaml
 
 from taufm.errors import TaufmError
+
+
+def reject_unknown_keys(values: Mapping, known: Iterable[str], where: str) -> None:
+    """A :class:`TaufmError` naming every key of ``values`` that is not in ``known``."""
+    known = set(known)
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise TaufmError(f"unknown {where} setting(s): {', '.join(unknown)} (known: {', '.join(sorted(known))})")
 
 
 def load_schema(path: str | Path) -> dict:

@@ -25,11 +25,12 @@ from pathlib import Path
 import awkward as ak
 import numpy as np
 
+from taufm.config import reject_unknown_keys
 from taufm.errors import TaufmError
 from taufm.ingest.edm4hep import EventChunk, iterate_events
 from taufm.ingest.shards import CANDIDATE_COLUMNS, MASK_COLUMN, SPLITS, ShardWriter, assign_split, config_hash, delta_phi, pad_candidates
 from taufm.physics.matching import any_within, match_one_to_one
-from taufm.physics.tau import DM_3H0PI0, DM_3HNPI0, find_taus
+from taufm.physics.tau import find_taus
 
 log = logging.getLogger(__name__)
 
@@ -58,10 +59,7 @@ class EEIngestSettings:
     @classmethod
     def from_mapping(cls, values: Mapping | None) -> EEIngestSettings:
         values = dict(values or {})
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise TaufmError(f"unknown ingest setting(s): {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+        reject_unknown_keys(values, (f.name for f in dataclasses.fields(cls)), "ingest.future")
         settings = cls(**values)
         if settings.lepton_cleaning not in LEPTON_CLEANING_MODES:
             raise TaufmError(f"ingest.lepton_cleaning must be one of {', '.join(LEPTON_CLEANING_MODES)}, got {settings.lepton_cleaning!r}")

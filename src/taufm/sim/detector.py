@@ -18,6 +18,7 @@ import awkward as ak
 import numpy as np
 
 from taufm.arrays import expand_ranges
+from taufm.config import reject_unknown_keys
 from taufm.errors import TaufmError
 
 PION_MASS = 0.13957039
@@ -77,10 +78,7 @@ class DetectorParameters:
         An unknown key or a bad value is an error naming it.
         """
         values = dict(values or {})
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise TaufmError(f"unknown {where} parameter(s): {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+        reject_unknown_keys(values, (f.name for f in dataclasses.fields(cls)), where)
         for key, value in values.items():
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value) or value < 0:
                 raise TaufmError(f"{where}.{key} must be a non-negative number, got {value!r}")

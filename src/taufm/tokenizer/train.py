@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from taufm.data import CANDIDATE_FEATURE_COLUMNS, candidate_arrays, read_shards
+from taufm.config import reject_unknown_keys
 from taufm.errors import TaufmError
 from taufm.ingest.shards import MASK_COLUMN, config_hash
 from taufm.io import atomic_output
@@ -55,15 +56,10 @@ class TokenizerSettings:
     @classmethod
     def from_mapping(cls, values: Mapping | None) -> TokenizerSettings:
         values = dict(values or {})
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise TaufmError(f"unknown tokenizer setting(s): {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+        reject_unknown_keys(values, (f.name for f in dataclasses.fields(cls)), "tokenizer")
         settings = cls(**values)
         for group, allowed in (("model", _MODEL_KEYS), ("preprocessing", _PREPROCESSING_KEYS)):
-            bad = sorted(set(getattr(settings, group)) - allowed)
-            if bad:
-                raise TaufmError(f"unknown tokenizer.{group} setting(s): {', '.join(bad)} (known: {', '.join(sorted(allowed))})")
+            reject_unknown_keys(getattr(settings, group), allowed, f"tokenizer.{group}")
         for name in ("epochs", "batch_size", "max_candidates"):
             if getattr(settings, name) < 1:
                 raise TaufmError(f"tokenizer.{name} must be positive, got {getattr(settings, name)}")
