@@ -79,6 +79,10 @@ def test_smoke_run_produces_every_output(smoke_run):
     for shard in tokenized:
         table = pq.read_table(shard, columns=["tokens", "token_mask"]).to_pydict()
         assert all(row[0] == 0 for row in table["tokens"]), "every sequence starts with the start token"
+    pretrained = smoke_run / "pretrain"
+    for name in ("backbone.pt", "backbone_best.pt", "history.csv", "model_config.json", "loss_curve.png"):
+        assert (pretrained / name).stat().st_size > 0, name
+    assert json.loads((pretrained / "model_config.json").read_text())["vocab_size"] == 32 + 2
     assert list((smoke_run / "logs").rglob("*.log")), "every job keeps a log"
     assert list((smoke_run / "benchmarks").rglob("*.tsv")), "every job keeps a benchmark"
 

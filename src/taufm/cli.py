@@ -163,6 +163,14 @@ def _cmd_tokenizer_checks(args: argparse.Namespace) -> None:
     log.info("tokenizer checks: %s", json.dumps(summary, sort_keys=True, default=str))
 
 
+def _cmd_pretrain(args: argparse.Namespace) -> None:
+    from taufm.pretrain.train import PretrainSettings, pretrain
+
+    _set_threads(args.threads)
+    summary = pretrain(args.shards, args.output_dir, PretrainSettings.from_mapping(args.settings))
+    log.info("pretraining done: %s", json.dumps(summary, default=str))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="taufm", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -238,6 +246,12 @@ def build_parser() -> argparse.ArgumentParser:
     tc.add_argument("--seed", type=int, default=0)
     tc.add_argument("--threads", type=_positive_int, default=None)
     tc.set_defaults(func=_cmd_tokenizer_checks)
+    pt = sub.add_parser("pretrain", help="pretrain the GPT backbone on token shards (also under torchrun for DDP)")
+    pt.add_argument("--settings", type=_json_object, default={}, help="pretraining settings as JSON (or @file)")
+    pt.add_argument("--output-dir", required=True, help="gets backbone.pt, backbone_best.pt, history.csv, loss_curve.*")
+    pt.add_argument("--threads", type=_positive_int, default=None)
+    pt.add_argument("shards", nargs="+", help="token shards of JetClass jets (train and val splits are used)")
+    pt.set_defaults(func=_cmd_pretrain)
     return parser
 
 

@@ -1,0 +1,1 @@
+"""Pretraining the GPT backbone by next-token prediction on tokenized JetClass jets."""

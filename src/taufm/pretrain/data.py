@@ -1,0 +1,117 @@
+"""Streaming token batches from tokenized shards, one Parquet row group at a time.
+
+Memory holds one row group and one batch, however large the dataset. Each epoch visits the
+(shard, row group) pairs in an order drawn from (seed, epoch) and shuffles rows within each row
+group, so the batch sequence is fixed by the seed. Under DistributedDataParallel every process
+builds the same global batches and takes its rows ``rank::world_size``: the global batch, and so
+the training, is the same for any number of processes.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+
+from taufm import paths
+from taufm.data import column_to_numpy
+from taufm.errors import TaufmError
+from taufm.ingest.shards import SPLITS
+
+TOKEN_COLUMNS = ("tokens", "token_mask", "split")
+
+
+def token_vocabulary(shards: Sequence[str | Path]) -> dict:
+    """The token ids of the shards (from their manifests); all shards must share one tokenizer."""
+    found = None
+    for shard in shards:
+        manifest_path = paths.manifest(shard)
+        try:
+            manifest = json.loads(Path(manifest_path).read_text())
+            ids = {"token_ids": manifest["token_ids"], "tokenizer_sha256": manifest["tokenizer"]["sha256"]}
+            int(ids["token_ids"]["vocabulary_size"])
+        except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+            raise TaufmError(f"{manifest_path}: not the manifest of a token shard ({err})") from err
+        if found is None:
+            found = ids
+        elif ids != found:
+            raise TaufmError(f"{shard}: tokenized with another tokenizer than {shards[0]}")
+    if found is None:
+        raise TaufmError("no token shards given")
+    return found
+
+
+class TokenBatches:
+    def __init__(
+        self,
+        shards: Sequence[str | Path],
+        split: str,
+        batch_size: int,
+        max_length: int,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        if split not in SPLITS:
+            raise TaufmError(f"unknown split {split!r}")
+        self.shards = [Path(s) for s in shards]
+        self.split_index = SPLITS.index(split)
+        self.batch_size = batch_size
+        self.max_length = max_length
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        self.row_groups: list[tuple[int, int]] = []
+        self.n_rows = 0
+        for i, shard in enumerate(self.shards):
+            try:
+                parquet = pq.ParquetFile(shard)
+            except Exception as err:
+                raise TaufmError(f"{shard}: not a readable token shard ({err})") from err
+            missing = [c for c in TOKEN_COLUMNS if c not in parquet.schema_arrow.names]
+            if missing:
+                raise TaufmError(f"{shard}: missing column(s) {', '.join(missing)} (is it a token shard?)")
+            split_column = column_to_numpy(parquet.read(columns=["split"]).column("split"))
+            self.n_rows += int((split_column == self.split_index).sum())
+            self.row_groups += [(i, g) for g in range(parquet.num_row_groups)]
+
+    def batches_per_epoch(self) -> int:
+        full, rest = divmod(self.n_rows, self.batch_size)
+        return full + (1 if rest >= self.world_size else 0)
+
+    def _rows(self, epoch: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        rng = np.random.default_rng([self.seed, epoch])
+        for k in rng.permutation(len(self.row_groups)):
+            shard, group = self.row_groups[k]
+            table = pq.ParquetFile(self.shards[shard]).read_row_group(group, columns=list(TOKEN_COLUMNS))
+            keep = column_to_numpy(table.column("split")) == self.split_index
+            tokens = column_to_numpy(table.column("tokens"))[keep][:, : self.max_length]
+            mask = column_to_numpy(table.column("token_mask"))[keep][:, : self.max_length]
+            order = rng.permutation(len(tokens))
+            yield tokens[order], mask[order]
+
+    def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """This process's share of each global batch of the epoch: (tokens, mask) tensors."""
+        buffer_tokens: list[np.ndarray] = []
+        buffer_mask: list[np.ndarray] = []
+        buffered = 0
+
+        def emit(tokens: np.ndarray, mask: np.ndarray):
+            mine = slice(self.rank, None, self.world_size)
+            return torch.from_numpy(tokens[mine].astype(np.int64)), torch.from_numpy(mask[mine].astype(bool))
+
+        for tokens, mask in self._rows(epoch):
+            buffer_tokens.append(tokens)
+            buffer_mask.append(mask)
+            buffered += len(tokens)
+            while buffered >= self.batch_size:
+                all_tokens, all_mask = np.concatenate(buffer_tokens), np.concatenate(buffer_mask)
+                yield emit(all_tokens[: self.batch_size], all_mask[: self.batch_size])
+                buffer_tokens, buffer_mask = [all_tokens[self.batch_size :]], [all_mask[self.batch_size :]]
+                buffered -= self.batch_size
+        if buffered >= self.world_size:
+            yield emit(np.concatenate(buffer_tokens), np.concatenate(buffer_mask))

@@ -1,0 +1,295 @@
+"""Next-token pretraining of the GPT backbone: resumable, GPU-aware, DistributedDataParallel-ready.
+
+One script for every scale: ``taufm pretrain`` runs it in one process; ``torchrun
+--nproc_per_node N -m taufm.cli pretrain ...`` runs it data-parallel (NCCL on GPUs, gloo on CPU),
+each process taking its rows of the same global batches. The loss is the mean cross entropy over
+all real next-token predictions of the global batch, so the updates do not depend on the number
+of processes. Checkpoints every ``checkpoint_every`` steps and at each epoch's end hold model,
+optimiser, scheduler, RNG states and position; the same command restarts from the last one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from taufm.config import reject_unknown_keys
+from taufm.errors import TaufmError
+from taufm.ingest.shards import config_hash
+from taufm.io import atomic_output
+from taufm.models.gpt import GPTBackbone, GPTConfig, NextTokenHead, next_token_loss
+from taufm.pretrain.data import TokenBatches, token_vocabulary
+from taufm.train.runtime import History, autocast, load_checkpoint, load_state_strict, rng_state, save_checkpoint, seed_everything, select_device, set_rng_state
+
+log = logging.getLogger(__name__)
+
+BACKBONE_FILE = "backbone.pt"
+BEST_BACKBONE_FILE = "backbone_best.pt"
+LAST_CHECKPOINT = "checkpoint_last.pt"
+HISTORY_FILE = "history.csv"
+MODEL_CONFIG_FILE = "model_config.json"
+LOSS_CURVE_STEM = "loss_curve"
+_MODEL_KEYS = {"dim", "n_heads", "n_blocks", "ffn_multiplier", "dropout", "positional"}
+
+
+@dataclass(frozen=True)
+class PretrainSettings:
+    model: Mapping = field(default_factory=dict)
+    max_length: int = 130
+    batch_size: int = 64
+    epochs: int = 2
+    learning_rate: float = 5e-4
+    min_learning_rate_ratio: float = 0.05
+    warmup_steps: int = 100
+    weight_decay: float = 0.01
+    gradient_clip: float = 1.0
+    checkpoint_every: int = 200  # steps
+    max_val_batches: int | None = 50
+    seed: int = 0
+    device: str = "auto"
+    compile: bool = False
+
+    @classmethod
+    def from_mapping(cls, values: Mapping | None) -> PretrainSettings:
+        values = dict(values or {})
+        reject_unknown_keys(values, (f.name for f in dataclasses.fields(cls)), "pretrain")
+        settings = cls(**values)
+        reject_unknown_keys(settings.model, _MODEL_KEYS, "pretrain.model")
+        for name in ("max_length", "batch_size", "epochs", "checkpoint_every"):
+            if getattr(settings, name) < 1:
+                raise TaufmError(f"pretrain.{name} must be positive, got {getattr(settings, name)}")
+        return settings
+
+    def to_dict(self) -> dict:
+        return {**dataclasses.asdict(self), "model": dict(self.model)}
+
+
+@dataclass
+class _Distributed:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def _start_distributed(device_spec: str) -> tuple[_Distributed, torch.device]:
+    """Join the process group when started by torchrun (WORLD_SIZE > 1)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return _Distributed(), select_device(device_spec)
+    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    device = select_device(device_spec)
+    if device.type == "cuda":
+        device = torch.device("cuda", local)
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return _Distributed(rank, world, local), device
+
+
+def _all_sum(value: torch.Tensor, ddp: _Distributed) -> torch.Tensor:
+    if ddp.world_size > 1:
+        value = value.clone()
+        dist.all_reduce(value)
+    return value
+
+
+def _lr_factor(step: int, total: int, warmup: int, floor: float) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min((step - warmup) / max(total - warmup, 1), 1.0)
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+@torch.no_grad()
+def validation_loss(backbone: GPTBackbone, head: NextTokenHead, batches: TokenBatches, max_batches: int | None, device: torch.device, ddp: _Distributed) -> float:
+    backbone.eval()
+    head.eval()
+    total = torch.zeros(2, dtype=torch.float64, device=device)
+    for i, (tokens, mask) in enumerate(batches.epoch(0)):
+        if max_batches is not None and i >= max_batches:
+            break
+        tokens, mask = tokens.to(device), mask.to(device)
+        with autocast(device):
+            loss_sum, count = next_token_loss(head(backbone(tokens, mask)), tokens, mask)
+        total += torch.stack([loss_sum.double(), count.double()])
+    total = _all_sum(total, ddp)
+    return float(total[0] / total[1].clamp(min=1))
+
+
+def backbone_payload(backbone: GPTBackbone, head: NextTokenHead, vocabulary: Mapping, extra: Mapping) -> dict:
+    config = backbone.config.to_dict()
+    return {
+        "config": {"model": config, "vocab_size": config["vocab_size"], "dim": config["dim"], "n_blocks": config["n_blocks"], "tokenizer_sha256": vocabulary["tokenizer_sha256"], "token_ids": dict(vocabulary["token_ids"])},
+        "backbone": {k: v.detach().cpu() for k, v in backbone.state_dict().items()},
+        "head": {k: v.detach().cpu() for k, v in head.state_dict().items()},
+        **extra,
+    }
+
+
+def load_backbone(path: str | Path, expect: Mapping | None = None) -> GPTBackbone:
+    """A pretrained backbone, loaded strictly; ``expect`` (e.g. vocab_size, dim) must match."""
+    payload = load_checkpoint(path, expect=expect)
+    try:
+        config = GPTConfig(**payload["config"]["model"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise TaufmError(f"{path}: not a backbone checkpoint ({err})") from err
+    backbone = GPTBackbone(config)
+    load_state_strict(backbone, payload["backbone"], path)
+    return backbone
+
+
+def pretrain(shards: Sequence[str | Path], output_dir: str | Path, settings: PretrainSettings | None = None, resume: bool = True) -> dict:
+    """Pretrain on the train split of token ``shards``, validate on their val split."""
+    settings = settings or PretrainSettings()
+    output_dir = Path(output_dir)
+    ddp, device = _start_distributed(settings.device)
+    vocabulary = token_vocabulary(shards)
+    config = GPTConfig(vocab_size=vocabulary["token_ids"]["vocabulary_size"], max_length=settings.max_length, **settings.model)
+    identity = {"settings_hash": config_hash({**settings.to_dict(), "world_size": ddp.world_size, "vocabulary": vocabulary})}
+
+    seed_everything(settings.seed)
+    backbone, head = GPTBackbone(config).to(device), NextTokenHead(config).to(device)
+    train = TokenBatches(shards, "train", settings.batch_size, settings.max_length, settings.seed, ddp.rank, ddp.world_size)
+    val = TokenBatches(shards, "val", settings.batch_size, settings.max_length, settings.seed, ddp.rank, ddp.world_size)
+    if train.n_rows == 0:
+        raise TaufmError("no training jets in the train split of: " + ", ".join(map(str, shards)))
+    steps_per_epoch = train.batches_per_epoch()
+    total_steps = steps_per_epoch * settings.epochs
+    parameters = [*backbone.parameters(), *head.parameters()]
+    optimizer = torch.optim.AdamW(parameters, lr=settings.learning_rate, weight_decay=settings.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, total_steps, settings.warmup_steps, settings.min_learning_rate_ratio))
+    history = History(output_dir / HISTORY_FILE)
+    position = {"epoch": 0, "step_in_epoch": 0, "global_step": 0}
+    best = {"val_loss": math.inf}
+    epoch_sums = torch.zeros(2, dtype=torch.float64)
+
+    last = output_dir / LAST_CHECKPOINT
+    if resume and last.exists():
+        state = load_checkpoint(last)
+        if state["config"].get("settings_hash") != identity["settings_hash"]:
+            log.warning("%s belongs to other settings: starting afresh", last)
+        else:
+            load_state_strict(backbone, state["backbone"], last)
+            load_state_strict(head, state["head"], last)
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            set_rng_state(state["rng"])
+            position, best = dict(state["position"]), dict(state["best"])
+            epoch_sums = state["epoch_sums"].double()
+            history = History(output_dir / HISTORY_FILE, state["history"])
+            log.info("resuming from %s at epoch %d, step %d", last, position["epoch"], position["step_in_epoch"])
+
+    model_backbone = torch.compile(backbone) if settings.compile else backbone
+    train_backbone, train_head = model_backbone, head
+    if ddp.world_size > 1:
+        train_backbone = torch.nn.parallel.DistributedDataParallel(model_backbone, device_ids=[device.index] if device.type == "cuda" else None)
+        train_head = torch.nn.parallel.DistributedDataParallel(head, device_ids=[device.index] if device.type == "cuda" else None)
+
+    def checkpoint() -> None:
+        if ddp.main:
+            save_checkpoint(
+                last,
+                {
+                    "config": identity,
+                    "backbone": backbone.state_dict(),
+                    "head": head.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "rng": rng_state(),
+                    "position": dict(position),
+                    "best": dict(best),
+                    "epoch_sums": epoch_sums.clone(),
+                    "history": history.rows,
+                },
+            )
+
+    if ddp.main:
+        log.info("pretraining: %d jets, %d steps per epoch, vocabulary %d, %d processes on %s", train.n_rows, steps_per_epoch, config.vocab_size, ddp.world_size, device)
+    for epoch in range(position["epoch"], settings.epochs):
+        started, tokens_seen = time.perf_counter(), 0
+        train_backbone.train()
+        train_head.train()
+        for step, (tokens, mask) in enumerate(train.epoch(epoch)):
+            if step < position["step_in_epoch"]:
+                continue  # already done before the restart
+            tokens, mask = tokens.to(device), mask.to(device)
+            with autocast(device):
+                loss_sum, count = next_token_loss(train_head(train_backbone(tokens, mask)), tokens, mask)
+            global_count = _all_sum(count.detach().double(), ddp).clamp(min=1)
+            # DDP averages gradients over processes: scale so the update is that of the global mean.
+            loss = loss_sum * ddp.world_size / global_count
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(parameters, settings.gradient_clip)
+            optimizer.step()
+            scheduler.step()
+            epoch_sums += _all_sum(torch.stack([loss_sum.detach().double(), count.detach().double()]), ddp).cpu()
+            tokens_seen += int(mask.sum())
+            position.update(step_in_epoch=step + 1, global_step=position["global_step"] + 1)
+            if position["global_step"] % settings.checkpoint_every == 0:
+                checkpoint()
+        val_loss = validation_loss(backbone, head, val, settings.max_val_batches, device, ddp) if val.n_rows else float("nan")
+        seconds = time.perf_counter() - started
+        row = {
+            "epoch": epoch,
+            "global_step": position["global_step"],
+            "train_loss": float(epoch_sums[0] / epoch_sums[1].clamp(min=1)),
+            "val_loss": val_loss,
+            "learning_rate": scheduler.get_last_lr()[0],
+            "tokens_per_second": tokens_seen * ddp.world_size / max(seconds, 1e-9),
+            "seconds": seconds,
+        }
+        history.rows.append(row)
+        if ddp.main:
+            history.write()
+            log.info("epoch %d: train %.4f, val %.4f", epoch, row["train_loss"], val_loss)
+        if val_loss < best["val_loss"]:
+            best = {"val_loss": val_loss, "epoch": epoch}
+            if ddp.main:
+                save_checkpoint(output_dir / BEST_BACKBONE_FILE, backbone_payload(backbone, head, vocabulary, {"validation": dict(best)}))
+        position = {"epoch": epoch + 1, "step_in_epoch": 0, "global_step": position["global_step"]}
+        epoch_sums = torch.zeros(2, dtype=torch.float64)
+        checkpoint()
+
+    summary = {"best": best, "epochs": settings.epochs, "steps": position["global_step"], "world_size": ddp.world_size, "device": str(device), "vocab_size": config.vocab_size}
+    if ddp.main:
+        if not (output_dir / BEST_BACKBONE_FILE).exists():  # no validation jets: the last weights are the best we have
+            save_checkpoint(output_dir / BEST_BACKBONE_FILE, backbone_payload(backbone, head, vocabulary, {"validation": dict(best)}))
+        save_checkpoint(output_dir / BACKBONE_FILE, backbone_payload(backbone, head, vocabulary, {"summary": summary}))
+        with atomic_output(output_dir / MODEL_CONFIG_FILE) as tmp:
+            tmp.write_text(json.dumps({"model": config.to_dict(), "settings": settings.to_dict(), **summary}, indent=2, sort_keys=True, default=str) + "\n")
+        plot_loss_curve(history.rows, output_dir / LOSS_CURVE_STEM)
+    if ddp.world_size > 1:
+        dist.barrier()
+    return summary
+
+
+def plot_loss_curve(rows: Sequence[Mapping], stem: Path) -> None:
+    """Training and validation loss per epoch (PNG + PDF)."""
+    from taufm.plots.style import new_figure, save_figure, taufm_style
+
+    with taufm_style():
+        fig, axes = new_figure()
+        ax = axes[0, 0]
+        epochs = [r["epoch"] + 1 for r in rows]
+        ax.plot(epochs, [r["train_loss"] for r in rows], marker="o", label="training")
+        ax.plot(epochs, [r["val_loss"] for r in rows], marker="s", label="validation")
+        ax.set_xlabel("Epoch")
+        ax.set_ylabel("Next-token cross entropy")
+        ax.set_title("Backbone pretraining")
+        ax.legend()
+        save_figure(fig, stem)
