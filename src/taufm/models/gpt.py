@@ -126,5 +126,7 @@ def next_token_loss(logits: torch.Tensor, tokens: torch.Tensor, mask: torch.Tens
     Position t predicts token t+1; predictions into padding never count.
     """
     target_mask = mask[:, 1:] & mask[:, :-1]
-    losses = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), tokens[:, 1:].long(), reduction="none")
-    return (losses * target_mask).sum(), target_mask.sum()
+    # Only the counted positions, as one contiguous (predictions, vocabulary) block.
+    selected = logits[:, :-1][target_mask].float()
+    loss_sum = F.cross_entropy(selected, tokens[:, 1:][target_mask].long(), reduction="sum")
+    return loss_sum, target_mask.sum()
