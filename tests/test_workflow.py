@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import uproot
@@ -76,6 +77,12 @@ def test_smoke_run_produces_every_output(smoke_run):
         assert (smoke_run / "figures" / "tokenizer" / f"{stem}.png").stat().st_size > 1000
     tokenized = sorted((smoke_run / "tokenized").rglob("*.parquet"))
     assert len(tokenized) == len(ingested)
+    for shard in tokenized:  # one token per candidate the tokenizer keeps, plus start and stop
+        source = smoke_run / "ingested" / shard.relative_to(smoke_run / "tokenized")
+        kept = json.loads(shard.with_name(shard.name + ".json").read_text())["candidates_dropped_by_tokenizer_cuts"]
+        n_tokens = pq.read_table(shard, columns=["n_tokens"]).column("n_tokens").to_numpy()
+        n_candidates = np.minimum(pq.read_table(source, columns=["n_cand"]).column("n_cand").to_numpy(), len(pq.read_table(source, columns=["cand_mask"]).column("cand_mask")[0]))
+        assert int((n_tokens - 2).sum()) + kept == int(n_candidates.sum())
     for shard in tokenized:
         table = pq.read_table(shard, columns=["tokens", "token_mask"]).to_pydict()
         assert all(row[0] == 0 for row in table["tokens"]), "every sequence starts with the start token"
