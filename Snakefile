@@ -20,14 +20,17 @@ include: "workflow/rules/simulate.smk"
 include: "workflow/rules/ingest.smk"
 include: "workflow/rules/tokenizer.smk"
 include: "workflow/rules/pretrain.smk"
+include: "workflow/rules/finetune.smk"
 
 
 rule all:
     """Everything the landed stages produce: the ingested jet shards of every sample with their
     data-quality figures, the trained tokenizer with the paper's Fig. 2-3 checks, the token
-    shards and the pretrained backbone (from the simulated files, or the real files in data.files)."""
+    shards, the pretrained backbone and the fine-tuning grid (from the simulated files, or the
+    real files in data.files)."""
     input:
         all_ingested(),
         all_dataquality_figures(),
         all_tokenizer_outputs(),
         [result(f"{paths.PRETRAIN_DIR}/{name}") for name in paths.PRETRAIN_OUTPUTS],
+        [f"{run}/{name}" for run in finetune_runs() for name in paths.FINETUNE_FILES],

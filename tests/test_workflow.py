@@ -90,6 +90,14 @@ def test_smoke_run_produces_every_output(smoke_run):
     for name in ("backbone.pt", "backbone_best.pt", "history.csv", "model_config.json", "loss_curve.png"):
         assert (pretrained / name).stat().st_size > 0, name
     assert json.loads((pretrained / "model_config.json").read_text())["vocab_size"] == 32 + 2
+    grid = yaml.safe_load(SMOKE.read_text())["finetune"]["grid"]
+    for task in grid["tasks"]:
+        for strategy in grid["strategies"]:
+            run = smoke_run / "finetune" / task / strategy / f"n{grid['sizes'][0]}" / "seed0"
+            summary = json.loads((run / "summary.json").read_text())
+            assert summary["task"] == task and summary["strategy"] == strategy
+            assert pq.read_metadata(run / "predictions.parquet").num_rows > 0
+    assert (smoke_run / "finetune" / "pt_regression" / "finetune-blocks1" / "n100" / "seed0" / "model.pt").exists()
     assert list((smoke_run / "logs").rglob("*.log")), "every job keeps a log"
     assert list((smoke_run / "benchmarks").rglob("*.tsv")), "every job keeps a benchmark"
 

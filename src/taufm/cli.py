@@ -143,12 +143,13 @@ def _cmd_tokenize(args: argparse.Namespace) -> None:
     tokenize_shard(args.input, args.tokenizer, args.output)
 
 
-def _future_samples(pairs: list[str]) -> dict[str, list[str]]:
+def _sample_paths(pairs: list[str]) -> dict[str, list[str]]:
+    """SAMPLE=PATH arguments grouped by sample."""
     samples: dict[str, list[str]] = {}
     for pair in pairs:
         name, sep, path = pair.partition("=")
         if not sep or not name or not path:
-            raise TaufmError(f"--future expects SAMPLE=PATH, got {pair!r}")
+            raise TaufmError(f"expected SAMPLE=PATH, got {pair!r}")
         samples.setdefault(name, []).append(path)
     return samples
 
@@ -158,7 +159,7 @@ def _cmd_tokenizer_checks(args: argparse.Namespace) -> None:
 
     _set_threads(args.threads)
     summary = plot_tokenizer_checks(
-        args.tokenizer, args.jetclass, _future_samples(args.future), args.output_dir, split=args.split, max_jets=args.max_jets, seed=args.seed
+        args.tokenizer, args.jetclass, _sample_paths(args.future), args.output_dir, split=args.split, max_jets=args.max_jets, seed=args.seed
     )
     log.info("tokenizer checks: %s", json.dumps(summary, sort_keys=True, default=str))
 
@@ -169,6 +170,14 @@ def _cmd_pretrain(args: argparse.Namespace) -> None:
     _set_threads(args.threads)
     summary = pretrain(args.shards, args.output_dir, PretrainSettings.from_mapping(args.settings))
     log.info("pretraining done: %s", json.dumps(summary, default=str))
+
+
+def _cmd_finetune(args: argparse.Namespace) -> None:
+    from taufm.finetune.train import FinetuneSettings, run_finetune
+
+    _set_threads(args.threads)
+    settings = FinetuneSettings.from_mapping(args.settings)
+    run_finetune(args.task, args.strategy, args.size, args.seed, _sample_paths(args.shards), args.output_dir, settings, args.backbone)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -252,6 +261,17 @@ def build_parser() -> argparse.ArgumentParser:
     pt.add_argument("--threads", type=_positive_int, default=None)
     pt.add_argument("shards", nargs="+", help="token shards of JetClass jets (train and val splits are used)")
     pt.set_defaults(func=_cmd_pretrain)
+    ft = sub.add_parser("finetune", help="train one cell of the fine-tuning grid (task, strategy, size, seed)")
+    ft.add_argument("--task", required=True, help="tau_id, pt_regression or decay_mode")
+    ft.add_argument("--strategy", required=True, help="scratch, fixed, finetune, part, finetune-unfreeze<K|never>, <strategy>-blocks<B>")
+    ft.add_argument("--size", required=True, type=_positive_int, help="training jets")
+    ft.add_argument("--seed", required=True, type=_non_negative_int)
+    ft.add_argument("--backbone", default=None, help="pretrained backbone (all strategies but part)")
+    ft.add_argument("--settings", type=_json_object, default={}, help="fine-tuning settings as JSON (or @file)")
+    ft.add_argument("--output-dir", required=True)
+    ft.add_argument("--threads", type=_positive_int, default=None)
+    ft.add_argument("shards", nargs="+", metavar="SAMPLE=PATH", help="token shards (or ingested shards for part) of each sample")
+    ft.set_defaults(func=_cmd_finetune)
     return parser
 
 

@@ -1,2 +1,3 @@
-"""Every nn.Module of taufm: the VQ-VAE tokenizer (and, as stages land, the GPT backbone, task
-heads and the ParT baseline). Stage modules orchestrate; the networks live here."""
+"""Every nn.Module of taufm: the VQ-VAE tokenizer (vqvae), the GPT backbone (gpt), the task heads
+(heads) and the supervised Particle Transformer baseline (part). Stage modules orchestrate; the
+networks live here."""

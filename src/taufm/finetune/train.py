@@ -1,0 +1,293 @@
+"""One cell of the fine-tuning grid: (task, strategy, training size, seed) -> a run directory.
+
+Strategies (SPEC §7): ``scratch`` (the backbone architecture, randomly initialised, trained),
+``fixed`` (pretrained weights, frozen throughout), ``finetune`` (pretrained, frozen for the first
+``unfreeze_epoch`` epochs, then trained) and ``part`` (the supervised Particle Transformer on the
+candidate features, no tokenizer or backbone). Ablations are strategies too:
+``finetune-unfreeze<K>`` unfreezes after K epochs and ``finetune-blocks<B>`` uses only the first B
+pretrained blocks. Frozen means ``requires_grad=False`` and eval-mode dropout, never a zero
+learning rate. The tokenizer is frozen in every strategy: the backbone reads the token shards.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import re
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from taufm.config import reject_unknown_keys
+from taufm.errors import TaufmError
+from taufm.finetune.data import load_task_data, nested_subset
+from taufm.finetune.tasks import TASK_NAMES, epoch_metrics, n_outputs, predict, task_settings
+from taufm.finetune.tasks import loss as task_loss
+from taufm.ingest.shards import CANDIDATE_COLUMNS, MASK_COLUMN, ShardWriter, config_hash
+from taufm.io import atomic_output
+from taufm.models.gpt import GPTBackbone, GPTConfig
+from taufm.models.heads import HeadConfig, TaskHead
+from taufm.models.part import ParTConfig, ParticleTransformer
+from taufm.pretrain.train import load_backbone
+from taufm.tokenizer.preprocessing import Preprocessing
+from taufm.train.runtime import History, autocast, load_checkpoint, save_checkpoint, seed_everything, select_device
+
+log = logging.getLogger(__name__)
+
+BASE_STRATEGIES = ("scratch", "fixed", "finetune", "part")
+RUN_FILES = ("config.json", "history.csv", "model.pt", "predictions.parquet", "summary.json")
+_STRATEGY = re.compile(r"^(?P<base>scratch|fixed|finetune|part)(?:-(?P<kind>unfreeze|blocks)(?P<value>\d+|never))?$")
+_FEATURE_COLUMNS = tuple(c for c in CANDIDATE_COLUMNS if c not in ("cand_d0", "cand_d0err", "cand_dz", "cand_dzerr"))
+
+
+@dataclass(frozen=True)
+class Strategy:
+    name: str
+    base: str
+    unfreeze_epoch: int | None  # None: never (fixed); 0 for scratch and part
+    n_blocks: int | None  # None: all blocks
+
+    @property
+    def uses_backbone(self) -> bool:
+        return self.base != "part"
+
+    @property
+    def pretrained(self) -> bool:
+        return self.base in ("fixed", "finetune")
+
+
+def parse_strategy(name: str, default_unfreeze_epoch: int) -> Strategy:
+    """``scratch``, ``fixed``, ``finetune``, ``part``, ``finetune-unfreeze<K|never>``, ``<base>-blocks<B>``."""
+    match = _STRATEGY.match(name)
+    if not match:
+        raise TaufmError(f"unknown strategy {name!r}; known: {', '.join(BASE_STRATEGIES)}, finetune-unfreeze<K|never>, <strategy>-blocks<B>")
+    base, kind, value = match["base"], match["kind"], match["value"]
+    if kind and base == "part":
+        raise TaufmError(f"strategy {name!r}: the ParT baseline has no backbone to unfreeze or truncate")
+    unfreeze = {"scratch": 0, "fixed": None, "finetune": default_unfreeze_epoch, "part": 0}[base]
+    n_blocks = None
+    if kind == "unfreeze":
+        if base != "finetune":
+            raise TaufmError(f"strategy {name!r}: only finetune has an unfreeze epoch")
+        unfreeze = None if value == "never" else int(value)
+    elif kind == "blocks":
+        if value == "never" or int(value) < 1:
+            raise TaufmError(f"strategy {name!r}: the number of blocks must be a positive integer")
+        n_blocks = int(value)
+    return Strategy(name=name, base=base, unfreeze_epoch=unfreeze, n_blocks=n_blocks)
+
+
+@dataclass(frozen=True)
+class FinetuneSettings:
+    head: Mapping = field(default_factory=dict)
+    part: Mapping = field(default_factory=dict)
+    tasks: Mapping = field(default_factory=dict)  # task -> TaskSettings overrides
+    epochs: int = 10
+    unfreeze_epoch: int = 5
+    batch_size: int = 256
+    learning_rate: float = 5e-4
+    min_learning_rate_ratio: float = 0.01
+    weight_decay: float = 0.01
+    gradient_clip: float = 1.0
+    early_stopping_patience: int | None = None
+    max_val_jets: int | None = None
+    device: str = "auto"
+
+    @classmethod
+    def from_mapping(cls, values: Mapping | None) -> FinetuneSettings:
+        values = dict(values or {})
+        reject_unknown_keys(values, (f.name for f in dataclasses.fields(cls)), "finetune")
+        settings = cls(**values)
+        reject_unknown_keys(settings.head, (f.name for f in dataclasses.fields(HeadConfig)), "finetune.head")
+        reject_unknown_keys(settings.tasks, TASK_NAMES, "finetune.tasks")
+        if settings.epochs < 1 or settings.batch_size < 1:
+            raise TaufmError("finetune.epochs and finetune.batch_size must be positive")
+        return settings
+
+    def to_dict(self) -> dict:
+        return {**dataclasses.asdict(self), "head": dict(self.head), "part": dict(self.part), "tasks": {k: dict(v) for k, v in self.tasks.items()}}
+
+
+class FoundationModel(nn.Module):
+    """Tokens -> GPT backbone (its first ``n_blocks`` blocks) -> task head."""
+
+    def __init__(self, backbone: GPTBackbone, head: TaskHead, n_blocks: int | None) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+        self.n_blocks = n_blocks
+
+    def forward(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(tokens, mask, n_blocks=self.n_blocks), mask)
+
+
+def set_backbone_trainable(model: nn.Module, trainable: bool) -> None:
+    """Freeze (requires_grad False, eval-mode dropout) or unfreeze the backbone."""
+    backbone = getattr(model, "backbone", None)
+    if backbone is None:
+        return
+    for p in backbone.parameters():
+        p.requires_grad_(trainable)
+    backbone.train(trainable and model.training)
+
+
+def _file_digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+def model_inputs(strategy: Strategy, data: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Tokens and mask for backbone strategies; preprocessed candidate features for ParT."""
+    if strategy.uses_backbone:
+        return data["tokens"].astype(np.int64), data["token_mask"].astype(bool)
+    features = np.stack([data[c] for c in _FEATURE_COLUMNS], axis=-1).astype(np.float32)
+    prepared = Preprocessing(max_abs_angle=None).model_inputs(features, data[MASK_COLUMN].astype(bool))
+    return prepared["inputs"], prepared["mask"]
+
+
+def evaluate_outputs(model: nn.Module, x: np.ndarray, mask: np.ndarray, batch_size: int, device: torch.device) -> np.ndarray:
+    model.eval()
+    out = []
+    with torch.no_grad():
+        for start in range(0, len(x), batch_size):
+            xb = torch.from_numpy(x[start : start + batch_size]).to(device)
+            mb = torch.from_numpy(mask[start : start + batch_size]).to(device)
+            with autocast(device):
+                out.append(model(xb, mb).float().cpu())
+    return torch.cat(out).numpy() if out else np.zeros((0, 1), dtype=np.float32)
+
+
+def build_model(task: str, strategy: Strategy, settings: FinetuneSettings, backbone_path: Path | None, seed: int) -> nn.Module:
+    """The network of one strategy; pretrained weights loaded strictly where the strategy wants them."""
+    seed_everything(seed)
+    if not strategy.uses_backbone:
+        return ParticleTransformer(ParTConfig.from_dict(dict(settings.part)), n_outputs(task))
+    if backbone_path is None:
+        raise TaufmError(f"strategy {strategy.name!r} needs a pretrained backbone checkpoint")
+    if strategy.pretrained:
+        backbone = load_backbone(backbone_path)
+    else:  # the same architecture, fresh weights
+        backbone = GPTBackbone(GPTConfig(**load_checkpoint(backbone_path)["config"]["model"]))
+    if strategy.n_blocks is not None and strategy.n_blocks > backbone.config.n_blocks:
+        raise TaufmError(f"strategy {strategy.name!r} asks for {strategy.n_blocks} blocks; {backbone_path} has {backbone.config.n_blocks}")
+    head = TaskHead(backbone.config.dim, n_outputs(task), HeadConfig(**settings.head))
+    return FoundationModel(backbone, head, strategy.n_blocks)
+
+
+def run_finetune(
+    task: str,
+    strategy_name: str,
+    size: int,
+    seed: int,
+    shards: Mapping[str, Sequence[str | Path]],
+    output_dir: str | Path,
+    settings: FinetuneSettings | None = None,
+    backbone_path: str | Path | None = None,
+) -> dict:
+    """Train one grid cell and write its run directory; returns the summary.
+
+    ``shards`` maps each sample to its token shards (backbone strategies) or its ingested shards
+    (``part``). Names, sizes and the checkpoint are all checked before training starts.
+    """
+    settings = settings or FinetuneSettings()
+    if task not in TASK_NAMES:
+        raise TaufmError(f"unknown task {task!r}; known: {', '.join(TASK_NAMES)}")
+    strategy = parse_strategy(strategy_name, settings.unfreeze_epoch)
+    spec = task_settings(task, settings.tasks.get(task))
+    output_dir = Path(output_dir)
+    backbone_path = Path(backbone_path) if backbone_path is not None else None
+    device = select_device(settings.device)
+    extra = ("tokens", "token_mask") if strategy.uses_backbone else (*CANDIDATE_COLUMNS, MASK_COLUMN)
+
+    train_all = load_task_data(task, spec, shards, spec.train_samples, "train", extra)
+    subset = nested_subset(len(train_all["target"]), size, seed)
+    train = {k: v[subset] for k, v in train_all.items()}
+    val = load_task_data(task, spec, shards, spec.train_samples, "val", extra)
+    if settings.max_val_jets is not None:
+        val = {k: v[: settings.max_val_jets] for k, v in val.items()}
+    if len(val["target"]) == 0:
+        raise TaufmError(f"{task}: no validation jets in the val split of {', '.join(spec.train_samples)}")
+    tests = {sample: load_task_data(task, spec, shards, [sample], "test", extra) for sample in spec.test_samples}
+    model = build_model(task, strategy, settings, backbone_path, seed).to(device)
+
+    x_train, m_train = model_inputs(strategy, train)
+    x_val, m_val = model_inputs(strategy, val)
+    y_train, y_val = torch.from_numpy(train["target"]), torch.from_numpy(val["target"])
+    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay)
+    total = math.ceil(size / settings.batch_size) * settings.epochs
+    floor = settings.min_learning_rate_ratio
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(s / max(total, 1), 1.0))))
+    history = History(output_dir / "history.csv")
+    best, best_state, stale = {"val_loss": math.inf, "epoch": -1}, None, 0
+    generator = torch.Generator().manual_seed(seed)
+    started = time.perf_counter()
+    for epoch in range(settings.epochs):
+        trainable = strategy.unfreeze_epoch is not None and epoch >= strategy.unfreeze_epoch
+        model.train()
+        set_backbone_trainable(model, trainable)
+        order = torch.randperm(size, generator=generator).numpy()
+        train_sum = 0.0
+        for start in range(0, size, settings.batch_size):
+            idx = order[start : start + settings.batch_size]
+            xb, mb = torch.from_numpy(x_train[idx]).to(device), torch.from_numpy(m_train[idx]).to(device)
+            with autocast(device):
+                out = model(xb, mb)
+            batch_loss = task_loss(task, out.float(), y_train[idx].to(device), spec)
+            optimizer.zero_grad(set_to_none=True)
+            batch_loss.backward()
+            torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], settings.gradient_clip)
+            optimizer.step()
+            scheduler.step()
+            train_sum += float(batch_loss.detach()) * len(idx)
+        val_out = evaluate_outputs(model, x_val, m_val, settings.batch_size, device)
+        val_loss = float(task_loss(task, torch.from_numpy(val_out), y_val, spec))
+        metrics = {f"val_{k}": v for k, v in epoch_metrics(task, val_out, val["target"], val).items()}
+        row = {"epoch": epoch, "backbone_trainable": int(trainable), "train_loss": train_sum / size, "val_loss": val_loss, **metrics, "learning_rate": scheduler.get_last_lr()[0]}
+        history.append(row)
+        if val_loss < best["val_loss"]:
+            best, stale = {"val_loss": val_loss, "epoch": epoch}, 0
+            best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        else:
+            stale += 1
+            if settings.early_stopping_patience is not None and stale >= settings.early_stopping_patience:
+                log.info("early stopping after epoch %d", epoch)
+                break
+    seconds = time.perf_counter() - started
+    if best_state is None:
+        raise TaufmError(f"{task}/{strategy.name}: the validation loss was never finite")
+    model.load_state_dict(best_state)
+
+    resolved = {
+        "task": task,
+        "strategy": strategy.name,
+        "base_strategy": strategy.base,
+        "unfreeze_epoch": strategy.unfreeze_epoch,
+        "n_blocks": strategy.n_blocks,
+        "size": size,
+        "seed": seed,
+        "task_settings": dataclasses.asdict(spec),
+        "settings": settings.to_dict(),
+        "backbone": {"path": str(backbone_path), "sha256": _file_digest(backbone_path)} if strategy.uses_backbone and backbone_path else None,
+        "shards": {s: [str(p) for p in v] for s, v in shards.items()},
+    }
+    save_checkpoint(output_dir / "model.pt", {"config": {**resolved, "settings_hash": config_hash(resolved)}, "model": best_state, "best": best})
+    with ShardWriter(output_dir / "predictions.parquet") as writer:
+        for sample, data in tests.items():
+            x, m = model_inputs(strategy, data)
+            outputs = evaluate_outputs(model, x, m, settings.batch_size, device)
+            keep = ("sample", "event", "jet_index", "label", "decay_mode", "jet_pt", "jet_eta", "gen_tau_vis_pt", "target")
+            writer.write({**{k: data[k] for k in keep}, **predict(task, outputs, data)})
+        writer.manifest = {"stage": "finetune", "task": task, "strategy": strategy.name, "size": size, "seed": seed, "test_jets": {s: int(len(d["target"])) for s, d in tests.items()}}
+    summary = {**resolved, "best_epoch": best["epoch"], "best_val_loss": best["val_loss"], "training_seconds": seconds, "device": str(device)}
+    for name, payload in (("config.json", resolved), ("summary.json", summary)):
+        with atomic_output(output_dir / name) as tmp:
+            tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
+    log.info("%s/%s n=%d seed=%d: best val loss %.4f at epoch %d (%.0f s)", task, strategy.name, size, seed, best["val_loss"], best["epoch"], seconds)
+    return summary

@@ -1,0 +1,167 @@
+"""The fine-tuning grid cell: strategies freeze, load and train what they should; run outputs."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from taufm.errors import TaufmError
+from taufm.finetune.train import FinetuneSettings, build_model, parse_strategy, run_finetune, set_backbone_trainable
+from taufm.ingest.shards import CANDIDATE_FEATURES, MASK_COLUMN, write_shard
+from taufm.pretrain.train import PretrainSettings, pretrain
+
+K = 8
+LENGTH = 10
+SAMPLES = ("ZH_Htautau", "Z_Ztautau", "qq")
+SETTINGS = FinetuneSettings(epochs=3, unfreeze_epoch=1, batch_size=32, head={"dim": 16, "n_heads": 2}, part={"embed_dim": 16, "head": {"dim": 16, "n_heads": 2, "n_particle_blocks": 1}}, device="cpu")
+
+
+def write_sample(path, sample: str, n: int, seed: int) -> None:
+    """A shard with the columns of both an ingested and a token shard, labels per sample."""
+    rng = np.random.default_rng(seed)
+    tau = sample != "qq"
+    n_cand = rng.integers(1, LENGTH - 2, n)
+    tokens = np.zeros((n, LENGTH), dtype=np.int32)
+    mask = np.arange(LENGTH)[None, :] < (n_cand + 2)[:, None]
+    for i in range(n):
+        tokens[i, 1 : n_cand[i] + 1] = rng.integers(1, K + 1, n_cand[i])
+        tokens[i, n_cand[i] + 1] = K + 1
+    jet_pt = rng.uniform(10, 80, n).astype(np.float32)
+    cand_mask = np.arange(LENGTH - 2)[None, :] < n_cand[:, None]
+    columns = {
+        "sample": np.full(n, sample, dtype=object),
+        "event": np.arange(n, dtype=np.int64),
+        "jet_index": np.zeros(n, dtype=np.int16),
+        "split": np.resize(np.array([0, 0, 0, 0, 0, 0, 1, 2], dtype=np.int8), n),
+        "label": np.full(n, int(tau), dtype=np.int8),
+        "decay_mode": (rng.integers(0, 6, n) if tau else np.full(n, -1)).astype(np.int8),
+        "jet_pt": jet_pt,
+        "jet_eta": rng.normal(0, 1, n).astype(np.float32),
+        "jet_phi": rng.uniform(-3, 3, n).astype(np.float32),
+        "jet_energy": jet_pt * 1.2,
+        "gen_tau_vis_pt": (jet_pt * rng.uniform(0.8, 1.2, n)).astype(np.float32) if tau else np.full(n, np.nan, dtype=np.float32),
+        "gen_tau_charge": np.full(n, -1.0 if tau else 0.0, dtype=np.float32),
+        "tokens": tokens,
+        "token_mask": mask,
+        MASK_COLUMN: cand_mask,
+    }
+    for name in (*CANDIDATE_FEATURES, "d0", "d0err", "dz", "dzerr"):
+        columns[f"cand_{name}"] = np.where(cand_mask, rng.uniform(0.1, 1.0, cand_mask.shape), 0.0).astype(np.float32)
+    manifest = {"token_ids": {"start": 0, "codes": [1, K], "stop": K + 1, "padding": 0, "vocabulary_size": K + 2}, "tokenizer": {"sha256": "synthetic"}}
+    write_shard(path, columns, manifest)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    d = tmp_path_factory.mktemp("finetune")
+    shards = {}
+    for i, sample in enumerate(SAMPLES):
+        shards[sample] = [d / f"{sample}_000.parquet"]
+        write_sample(shards[sample][0], sample, 400, seed=i)
+    pretrain([p for v in shards.values() for p in v], d / "pretrain", PretrainSettings(model={"dim": 16, "n_heads": 2, "n_blocks": 2}, max_length=LENGTH, batch_size=64, epochs=1, device="cpu"))
+    return d, shards, d / "pretrain" / "backbone_best.pt"
+
+
+def _pretrained(path):
+    return torch.load(path, weights_only=True)["backbone"]
+
+
+def test_strategies_start_from_the_right_weights(world):
+    _, _, backbone = world
+    pretrained = _pretrained(backbone)
+    for name, same in (("fixed", True), ("finetune", True), ("finetune-blocks1", True), ("scratch", False)):
+        model = build_model("tau_id", parse_strategy(name, 1), SETTINGS, backbone, seed=0)
+        state = model.backbone.state_dict()
+        equal = all(torch.equal(state[k], v) for k, v in pretrained.items())
+        assert equal == same, name
+
+
+def _backbone_after_each_epoch(monkeypatch):
+    """Snapshot the backbone whenever validation runs (once per epoch)."""
+    import taufm.finetune.train as module
+
+    snapshots = []
+    real = module.evaluate_outputs
+
+    def spy(model, *args, **kwargs):
+        if hasattr(model, "backbone") and model.training is not None:
+            snapshots.append({k: v.clone() for k, v in model.backbone.state_dict().items()})
+        return real(model, *args, **kwargs)
+
+    monkeypatch.setattr(module, "evaluate_outputs", spy)
+    return snapshots
+
+
+def test_fixed_never_changes_and_finetune_changes_only_after_unfreezing(world, tmp_path, monkeypatch):
+    _, shards, backbone = world
+    pretrained = _pretrained(backbone)
+    snapshots = _backbone_after_each_epoch(monkeypatch)
+    run_finetune("pt_regression", "fixed", 200, 0, shards, tmp_path / "fixed", SETTINGS, backbone)
+    assert all(torch.equal(s[k], pretrained[k]) for s in snapshots[:3] for k in pretrained)
+    snapshots.clear()
+    run_finetune("pt_regression", "finetune", 200, 0, shards, tmp_path / "finetune", SETTINGS, backbone)
+    after_frozen_epoch, after_unfrozen = snapshots[0], snapshots[1]
+    assert all(torch.equal(after_frozen_epoch[k], pretrained[k]) for k in pretrained), "frozen in epoch 0"
+    assert not all(torch.equal(after_unfrozen[k], pretrained[k]) for k in pretrained), "trained from epoch 1"
+    history = (tmp_path / "finetune" / "history.csv").read_text().splitlines()
+    assert [line.split(",")[1] for line in history[1:]] == ["0", "1", "1"]
+
+
+def test_frozen_backbone_is_in_eval_mode_and_has_no_gradients(world):
+    _, _, backbone = world
+    model = build_model("decay_mode", parse_strategy("fixed", 1), SETTINGS, backbone, seed=0)
+    model.train()
+    set_backbone_trainable(model, False)
+    assert not model.backbone.training and model.head.training
+    tokens, mask = torch.randint(1, K + 1, (4, LENGTH)), torch.ones(4, LENGTH, dtype=torch.bool)
+    model(tokens, mask).sum().backward()
+    assert all(p.grad is None for p in model.backbone.parameters())
+    assert any(p.grad is not None for p in model.head.parameters())
+
+
+def test_run_directory_holds_config_history_model_and_predictions(world, tmp_path):
+    _, shards, backbone = world
+    summary = run_finetune("decay_mode", "finetune", 150, 1, shards, tmp_path, SETTINGS, backbone)
+    for name in ("config.json", "history.csv", "model.pt", "predictions.parquet", "summary.json"):
+        assert (tmp_path / name).stat().st_size > 0
+    predictions = pq.read_table(tmp_path / "predictions.parquet").to_pydict()
+    assert set(predictions["sample"]) == {"Z_Ztautau", "ZH_Htautau"}
+    probabilities = np.stack([predictions[f"prob_{n}"] for n in ("1h0pi0", "1h1pi0", "1hNpi0", "3h0pi0", "3hNpi0", "rare")], axis=1)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["size"] == 150 and config["seed"] == 1 and config["backbone"]["sha256"]
+    assert summary["best_epoch"] in (0, 1, 2)
+
+
+def test_part_baseline_trains_on_candidate_features(world, tmp_path):
+    _, shards, _ = world
+    summary = run_finetune("tau_id", "part", 200, 0, shards, tmp_path, SETTINGS)
+    assert summary["backbone"] is None
+    predictions = pq.read_table(tmp_path / "predictions.parquet").to_pydict()
+    assert set(predictions["sample"]) == {"Z_Ztautau", "ZH_Htautau", "qq"}
+    assert all(0.0 <= s <= 1.0 for s in predictions["score"])
+
+
+def test_bad_requests_fail_before_training(world, tmp_path):
+    _, shards, backbone = world
+    with pytest.raises(TaufmError, match="unknown task 'tauid'"):
+        run_finetune("tauid", "fixed", 10, 0, shards, tmp_path, SETTINGS, backbone)
+    with pytest.raises(TaufmError, match="unknown strategy 'frozen'"):
+        run_finetune("tau_id", "frozen", 10, 0, shards, tmp_path, SETTINGS, backbone)
+    with pytest.raises(TaufmError, match="1000000"):
+        run_finetune("tau_id", "fixed", 1_000_000, 0, shards, tmp_path, SETTINGS, backbone)
+    with pytest.raises(TaufmError, match="blocks"):
+        run_finetune("tau_id", "finetune-blocks9", 10, 0, shards, tmp_path, SETTINGS, backbone)
+    payload = torch.load(backbone, weights_only=True)
+    payload["config"]["model"]["dim"] = 32
+    torch.save(payload, tmp_path / "other.pt")
+    with pytest.raises(TaufmError, match="other.pt"):
+        run_finetune("tau_id", "fixed", 10, 0, shards, tmp_path / "run", SETTINGS, tmp_path / "other.pt")
+    assert not (tmp_path / "run").exists()
+    assert parse_strategy("finetune-unfreezenever", 5).unfreeze_epoch is None
+    with pytest.raises(TaufmError, match="ParT"):
+        parse_strategy("part-blocks2", 5)
