@@ -135,3 +135,22 @@ def test_real_files_mode_takes_the_simulate_rules_out_of_the_dag(smoke_run, tmp_
     proc = snakemake("--configfile", str(SMOKE), str(config), "--dry-run", check=False)
     assert proc.returncode != 0
     assert "data.files.future.qq" in proc.stdout + proc.stderr and "matches no file" in proc.stdout + proc.stderr
+
+
+def test_paper_preset_builds_the_full_grid(smoke_run, tmp_path):
+    """The paper's preset on (here: the smoke run's) real-format files plans every grid cell."""
+    files = {
+        "future": {s: [str(smoke_run / "simulated" / "future" / s / "*.root")] for s in ("ZH_Htautau", "Z_Ztautau", "qq")},
+        "jetclass": {p: [str(smoke_run / "simulated" / "jetclass" / f"{p}_*.root")] for p in ("ZJetsToNuNu", "TTBar")},
+    }
+    override = tmp_path / "files.yaml"
+    override.write_text(yaml.safe_dump({"results_dir": str(tmp_path / "results"), "data": {"source": "files", "files": files}}))
+    paper = ROOT / "workflow" / "presets" / "paper.yaml"
+    proc = snakemake("--configfile", str(paper), str(override), "--dry-run", "--quiet", "rules")
+    grid = yaml.safe_load(paper.read_text())["finetune"]
+    n_grid = len(grid["grid"]["tasks"]) * len(grid["grid"]["strategies"]) * len(grid["grid"]["sizes"]) * len(grid["grid"]["seeds"])
+    ablation_strategies = len(grid["ablations"]["unfreeze_epochs"]) + len(grid["ablations"]["n_blocks"]) + 2
+    n_ablations = len(grid["ablations"]["tasks"]) * ablation_strategies * len(grid["ablations"]["seeds"])
+    counts = {line.split()[0]: int(line.split()[1]) for line in proc.stdout.splitlines() if len(line.split()) == 2 and line.split()[1].isdigit()}
+    assert counts["finetune"] == n_grid + n_ablations
+    assert counts["pretrain"] == 1 and counts["train_tokenizer"] == 1
