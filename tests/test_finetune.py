@@ -165,3 +165,23 @@ def test_bad_requests_fail_before_training(world, tmp_path):
     assert parse_strategy("finetune-unfreezenever", 5).unfreeze_epoch is None
     with pytest.raises(TaufmError, match="ParT"):
         parse_strategy("part-blocks2", 5)
+
+
+def test_fig6_embeddings_of_three_backbones(world, tmp_path):
+    from taufm.evaluate.embeddings import embed_tau_jets, plot_tsne
+
+    _, shards, backbone = world
+    run_finetune("decay_mode", "finetune-unfreeze0", 150, 0, shards, tmp_path / "dm", SETTINGS, backbone)
+    result = embed_tau_jets(shards["Z_Ztautau"], backbone, tmp_path / "dm" / "model.pt", max_jets=40, seed=0)
+    n = len(result["decay_mode"])
+    assert 0 < n <= 40
+    for stage in ("untrained", "pretrained", "fine-tuned"):
+        assert result[f"embedding_{stage}"].shape == (n, 16)
+        assert result[f"tsne_{stage}"].shape == (n, 2) and np.isfinite(result[f"tsne_{stage}"]).all()
+    assert not np.allclose(result["embedding_untrained"], result["embedding_pretrained"])
+    assert not np.allclose(result["embedding_pretrained"], result["embedding_fine-tuned"]), "fine-tuning moved the backbone"
+    plot_tsne(result, tmp_path / "fig6_tsne")
+    assert (tmp_path / "fig6_tsne.png").stat().st_size > 1000 and (tmp_path / "fig6_tsne.pdf").exists()
+    run_finetune("decay_mode", "part", 100, 0, shards, tmp_path / "part", SETTINGS)
+    with pytest.raises(TaufmError, match="no backbone weights"):
+        embed_tau_jets(shards["Z_Ztautau"], backbone, tmp_path / "part" / "model.pt", max_jets=10)

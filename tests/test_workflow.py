@@ -98,7 +98,30 @@ def test_smoke_run_produces_every_output(smoke_run):
             assert summary["task"] == task and summary["strategy"] == strategy
             assert pq.read_metadata(run / "predictions.parquet").num_rows > 0
     assert (smoke_run / "finetune" / "pt_regression" / "finetune-blocks1" / "n100" / "seed0" / "model.pt").exists()
+    table = pq.read_table(smoke_run / "metrics.parquet").to_pylist()
+    values = [r for r in table if r["statistic"] == "value"]
+    ablations = yaml.safe_load(SMOKE.read_text())["finetune"]["ablations"]
+    ablation_strategies = [f"finetune-unfreeze{k}" for k in ablations["unfreeze_epochs"]] + [f"finetune-blocks{b}" for b in ablations["n_blocks"]] + ["fixed", "finetune"]
+    cells = {(t, s, n) for t in grid["tasks"] for s in grid["strategies"] for n in grid["sizes"]}
+    cells |= {(t, s, ablations["size"]) for t in ablations["tasks"] for s in ablation_strategies}
+    n_cells = len(cells)
+    test_samples = {"tau_id": 3, "pt_regression": 2, "decay_mode": 2}
+    assert len({(r["task"], r["strategy"], r["size"], r["seed"]) for r in values}) == n_cells
+    assert len([r for r in values if r["strategy"] in grid["strategies"]]) == sum(test_samples[t] * len(grid["strategies"]) for t in grid["tasks"])
+    assert {r["statistic"] for r in table} == {"value", "mean", "std"}
+    for stem in ("fig4_validation_loss", "fig5_physics", "fig6_tsne", "fig7_ablations"):
+        for ext in ("png", "pdf"):
+            assert (smoke_run / "figures" / f"{stem}.{ext}").stat().st_size > 1000, stem
+    assert "0.143" in (smoke_run / "figures" / "summary_table.md").read_text(), "the paper's numbers beside ours"
     assert list((smoke_run / "logs").rglob("*.log")), "every job keeps a log"
+
+
+def test_report_holds_every_figure(smoke_run, tmp_path):
+    report = tmp_path / "report.html"
+    snakemake("--config", f"results_dir={smoke_run}", "--report", str(report))
+    text = report.read_text(errors="replace")
+    for stem in ("fig4_validation_loss", "fig5_physics", "fig6_tsne", "fig7_ablations", "summary_table", "metrics"):
+        assert stem in text, stem
     assert list((smoke_run / "benchmarks").rglob("*.tsv")), "every job keeps a benchmark"
 
 

@@ -180,6 +180,70 @@ def _cmd_finetune(args: argparse.Namespace) -> None:
     run_finetune(args.task, args.strategy, args.size, args.seed, _sample_paths(args.shards), args.output_dir, settings, args.backbone)
 
 
+def _cmd_metrics(args: argparse.Namespace) -> None:
+    from taufm.evaluate.metrics import run_metrics
+    from taufm.io import atomic_output
+
+    rows = run_metrics(args.run_dir)
+    with atomic_output(args.output) as tmp:
+        tmp.write_text(json.dumps(rows, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def _cmd_aggregate_metrics(args: argparse.Namespace) -> None:
+    from taufm.evaluate.metrics import aggregate, write_table
+
+    rows = []
+    for path in args.inputs:
+        try:
+            rows.extend(json.loads(open(path).read()))
+        except (OSError, json.JSONDecodeError) as err:
+            raise TaufmError(f"{path}: not a metrics file ({err})") from err
+    write_table(aggregate(rows), args.csv, args.parquet)
+
+
+def _finetune_runs(root: str, size: int) -> dict[str, dict[str, list[str]]]:
+    """Run directories at one training size: task -> strategy -> seed directories."""
+    from pathlib import Path
+
+    runs: dict[str, dict[str, list[str]]] = {}
+    for summary in sorted(Path(root).glob(f"*/*/n{size}/seed*/summary.json")):
+        run = summary.parent
+        runs.setdefault(run.parents[2].name, {}).setdefault(run.parents[1].name, []).append(str(run))
+    return runs
+
+
+def _cmd_paper_figures(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    import pyarrow.parquet as pq
+
+    from taufm.plots.paper_figures import fig4_validation_loss, fig5_physics, fig7_ablations, summary_table
+
+    rows = pq.read_table(args.metrics).to_pylist()
+    out = Path(args.output_dir)
+    summary = {
+        "fig4": fig4_validation_loss(rows, out / "fig4_validation_loss"),
+        "fig5": fig5_physics(_finetune_runs(args.finetune_dir, args.size), out / "fig5_physics", args.size),
+        "fig7": fig7_ablations(rows, out / "fig7_ablations", args.ablation_size, default_unfreeze_epoch=args.unfreeze_epoch, n_blocks_total=args.n_blocks),
+        "table": summary_table(rows, args.size, out / "summary_table.md", out / "summary_table.csv"),
+    }
+    log.info("paper figures: %s", json.dumps(summary, default=str)[:2000])
+
+
+def _cmd_embeddings(args: argparse.Namespace) -> None:
+    import numpy as np
+
+    from taufm.evaluate.embeddings import embed_tau_jets, plot_tsne
+    from taufm.io import atomic_output
+
+    _set_threads(args.threads)
+    result = embed_tau_jets(args.shards, args.pretrained, args.finetuned_model, max_jets=args.max_jets, seed=args.seed)
+    with atomic_output(args.output) as tmp:
+        with open(tmp, "wb") as handle:
+            np.savez_compressed(handle, **result)
+    log.info("fig. 6: %s", plot_tsne(result, args.figure_stem))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="taufm", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -272,6 +336,37 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--threads", type=_positive_int, default=None)
     ft.add_argument("shards", nargs="+", metavar="SAMPLE=PATH", help="token shards (or ingested shards for part) of each sample")
     ft.set_defaults(func=_cmd_finetune)
+    me = sub.add_parser("metrics", help="metrics of one fine-tuning run, per test sample (JSON rows)")
+    me.add_argument("--run-dir", required=True)
+    me.add_argument("--output", required=True)
+    me.set_defaults(func=_cmd_metrics)
+
+    ag = sub.add_parser("aggregate-metrics", help="per-run metrics -> one tidy table with means and stds over seeds")
+    ag.add_argument("--csv", required=True)
+    ag.add_argument("--parquet", required=True)
+    ag.add_argument("inputs", nargs="+", help="metrics.json files of the runs")
+    ag.set_defaults(func=_cmd_aggregate_metrics)
+
+    pf = sub.add_parser("paper-figures", help="the paper's Fig. 4, 5, 7 and the headline table from the metrics and predictions")
+    pf.add_argument("--metrics", required=True, help="metrics.parquet from aggregate-metrics")
+    pf.add_argument("--finetune-dir", required=True, help="the fine-tuning results directory")
+    pf.add_argument("--size", required=True, type=_positive_int, help="training size of Fig. 5 and the table (paper: 10000)")
+    pf.add_argument("--ablation-size", required=True, type=_positive_int)
+    pf.add_argument("--unfreeze-epoch", required=True, type=_non_negative_int)
+    pf.add_argument("--n-blocks", required=True, type=_positive_int, help="blocks of the pretrained backbone")
+    pf.add_argument("--output-dir", required=True)
+    pf.set_defaults(func=_cmd_paper_figures)
+
+    em = sub.add_parser("embeddings", help="Fig. 6: t-SNE of backbone jet embeddings (untrained, pretrained, fine-tuned)")
+    em.add_argument("--pretrained", required=True)
+    em.add_argument("--finetuned-model", required=True, help="model.pt of a fine-tuning run")
+    em.add_argument("--output", required=True, help=".npz with embeddings, t-SNE coordinates and decay modes")
+    em.add_argument("--figure-stem", required=True)
+    em.add_argument("--max-jets", type=_positive_int, default=4096)
+    em.add_argument("--seed", type=int, default=0)
+    em.add_argument("--threads", type=_positive_int, default=None)
+    em.add_argument("shards", nargs="+", help="token shards of the tau sample")
+    em.set_defaults(func=_cmd_embeddings)
     return parser
 
 

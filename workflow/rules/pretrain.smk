@@ -27,7 +27,7 @@ rule pretrain:
         result(paths.BENCHMARKS.format(stage="pretrain", name="pretrain"))
     conda:
         "../../envs/taufm.yaml"
-    threads: workflow.cores
+    threads: 4  # capped at --cores locally
     resources:
         mem_mb=8000,
         runtime=720,

@@ -26,7 +26,7 @@ rule train_tokenizer:
         result(paths.BENCHMARKS.format(stage="tokenizer", name="train_tokenizer"))
     conda:
         "../../envs/taufm.yaml"
-    threads: workflow.cores
+    threads: 4  # capped at --cores locally
     resources:
         mem_mb=8000,
         runtime=240,

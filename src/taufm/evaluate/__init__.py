@@ -1,0 +1,1 @@
+"""Evaluating fine-tuned models: test-set physics metrics over runs and seeds, jet embeddings (SPEC §5, §8)."""

@@ -1,0 +1,93 @@
+"""Backbone jet embeddings for the paper's Fig. 6: untrained, pretrained and fine-tuned backbones.
+
+A jet's embedding is the mean of the backbone's outputs over the jet's real tokens. The three
+backbones share one architecture: fresh weights (seeded), the pretrained checkpoint, and the
+backbone of a fine-tuning run. t-SNE (scikit-learn) maps each set to two dimensions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from taufm.data import read_shards
+from taufm.errors import TaufmError
+from taufm.models.gpt import GPTBackbone, GPTConfig
+from taufm.pretrain.train import load_backbone
+from taufm.train.runtime import load_checkpoint, load_state_strict
+
+STAGES = ("untrained", "pretrained", "fine-tuned")
+
+
+def _finetuned_backbone(run_model: Path, config: GPTConfig) -> GPTBackbone:
+    payload = load_checkpoint(run_model)
+    state = {k[len("backbone.") :]: v for k, v in payload["model"].items() if k.startswith("backbone.")}
+    if not state:
+        raise TaufmError(f"{run_model}: not the model of a backbone fine-tuning run (no backbone weights)")
+    backbone = GPTBackbone(config)
+    load_state_strict(backbone, state, run_model)
+    return backbone
+
+
+@torch.no_grad()
+def jet_embeddings(backbone: GPTBackbone, tokens: np.ndarray, mask: np.ndarray, batch_size: int = 1024) -> np.ndarray:
+    backbone.eval()
+    out = []
+    for start in range(0, len(tokens), batch_size):
+        t = torch.from_numpy(tokens[start : start + batch_size].astype(np.int64))
+        m = torch.from_numpy(mask[start : start + batch_size].astype(bool))
+        e = backbone(t, m)
+        out.append(((e * m[..., None]).sum(1) / m.sum(1, keepdim=True).clamp(min=1)).numpy())
+    return np.concatenate(out) if out else np.zeros((0, backbone.config.dim), dtype=np.float32)
+
+
+def embed_tau_jets(
+    shards: Sequence[str | Path], pretrained: str | Path, finetuned_model: str | Path, max_jets: int = 4096, seed: int = 0, split: str = "test"
+) -> dict[str, np.ndarray]:
+    """Embeddings of up to ``max_jets`` tau jets of ``shards`` under the three backbones, with
+    their decay modes; plus the 2-D t-SNE of each."""
+    from sklearn.manifold import TSNE
+
+    table = read_shards(shards, ["tokens", "token_mask", "label", "decay_mode"], split=split)
+    taus = np.flatnonzero(table["label"] == 1)
+    if len(taus) == 0:
+        raise TaufmError("no tau jets in the " + split + " split of: " + ", ".join(map(str, shards)))
+    taus = np.sort(np.random.default_rng(seed).permutation(taus)[:max_jets])
+    tokens, mask = table["tokens"][taus], table["token_mask"][taus]
+    pretrained_backbone = load_backbone(pretrained)
+    config = pretrained_backbone.config
+    torch.manual_seed(seed)
+    backbones = {"untrained": GPTBackbone(config), "pretrained": pretrained_backbone, "fine-tuned": _finetuned_backbone(Path(finetuned_model), config)}
+    out: dict[str, np.ndarray] = {"decay_mode": table["decay_mode"][taus].astype(np.int8)}
+    perplexity = float(min(30.0, max(2.0, (len(taus) - 1) / 3)))
+    for stage, backbone in backbones.items():
+        embedding = jet_embeddings(backbone, tokens[:, : config.max_length], mask[:, : config.max_length])
+        out[f"embedding_{stage}"] = embedding
+        out[f"tsne_{stage}"] = TSNE(n_components=2, perplexity=perplexity, random_state=seed, init="pca").fit_transform(embedding).astype(np.float32)
+    return out
+
+
+def plot_tsne(result: dict[str, np.ndarray], output_stem: str | Path) -> dict:
+    """Fig. 6: three t-SNE panels coloured by true decay mode."""
+    from taufm.physics.tau import DECAY_MODE_NAMES
+    from taufm.plots.style import DECAY_MODE_COLORS, new_figure, save_figure, taufm_style
+
+    with taufm_style():
+        fig, axes = new_figure(1, 3)
+        for ax, stage in zip(axes[0], STAGES):
+            xy = result[f"tsne_{stage}"]
+            for code, name in enumerate(DECAY_MODE_NAMES):
+                sel = result["decay_mode"] == code
+                if sel.any():
+                    ax.scatter(xy[sel, 0], xy[sel, 1], s=4, alpha=0.6, color=DECAY_MODE_COLORS[name], label=name)
+            ax.set_title(f"{stage} backbone")
+            ax.set_xlabel("t-SNE 1")
+            ax.set_ylabel("t-SNE 2")
+            ax.set_xticks([])
+            ax.set_yticks([])
+        axes[0][0].legend(markerscale=4, fontsize="small", title="true decay mode")
+        save_figure(fig, output_stem)
+    return {"jets": int(len(result["decay_mode"])), "decay_modes": {n: int((result["decay_mode"] == i).sum()) for i, n in enumerate(DECAY_MODE_NAMES)}}

@@ -1,0 +1,107 @@
+# Evaluation: metrics of every run, one tidy table, the paper's figures and the Snakemake report.
+
+EVALUATE = config["evaluate"]
+FIGURES = result("figures")
+if EVALUATE["figure_size"] not in FINETUNE["grid"]["sizes"]:
+    raise TaufmError(f"evaluate.figure_size {EVALUATE['figure_size']} is not among finetune.grid.sizes {FINETUNE['grid']['sizes']}")
+if "decay_mode" not in FINETUNE["grid"]["tasks"] or "finetune" not in FINETUNE["grid"]["strategies"]:
+    raise TaufmError("Fig. 6 needs the decay_mode task and the finetune strategy in finetune.grid")
+
+
+def all_evaluation_outputs():
+    stems = ("fig4_validation_loss", "fig5_physics", "fig6_tsne", "fig7_ablations")
+    return [result("metrics.csv"), result("figures/summary_table.md")] + [result(f"figures/{s}.{e}") for s in stems for e in ("png", "pdf")]
+
+
+rule metrics:
+    """Metrics of one fine-tuning run on each test sample (ROC AUC and misID at 80% efficiency,
+    pT response and resolution, decay-mode AUCs) plus its best validation loss."""
+    input:
+        [result(paths.FINETUNE_RUN + "/" + name) for name in ("predictions.parquet", "summary.json", "history.csv")],
+    output:
+        result(paths.FINETUNE_RUN + "/metrics.json"),
+    params:
+        run_dir=lambda wildcards: result(paths.FINETUNE_RUN.format(**wildcards)),
+    log:
+        result(paths.LOGS.format(stage="metrics", name="{task}_{strategy}_n{size}_seed{seed}")),
+    conda:
+        "../../envs/taufm.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    shell:
+        "taufm metrics --run-dir {params.run_dir:q} --output {output:q} 2> {log:q}"
+
+
+rule aggregate_metrics:
+    """One tidy table: a row per (task, strategy, size, seed, test sample) and mean/std rows."""
+    input:
+        [f"{run}/metrics.json" for run in finetune_runs()],
+    output:
+        csv=report(result("metrics.csv"), caption="../report/metrics.rst", category="Tables"),
+        parquet=result("metrics.parquet"),
+    log:
+        result(paths.LOGS.format(stage="metrics", name="aggregate")),
+    conda:
+        "../../envs/taufm.yaml"
+    shell:
+        "taufm aggregate-metrics --csv {output.csv:q} --parquet {output.parquet:q} {input:q} 2> {log:q}"
+
+
+rule paper_figures:
+    """The paper's Fig. 4 (validation loss vs training size), Fig. 5 (physics performance at one
+    size), Fig. 7 (ablations) and the headline numbers beside the paper's."""
+    input:
+        metrics=result("metrics.parquet"),
+        runs=[f"{run}/predictions.parquet" for run in finetune_runs()],
+    output:
+        fig4=report(result("figures/fig4_validation_loss.png"), caption="../report/fig4.rst", category="Paper figures"),
+        fig5=report(result("figures/fig5_physics.png"), caption="../report/fig5.rst", category="Paper figures"),
+        fig7=report(result("figures/fig7_ablations.png"), caption="../report/fig7.rst", category="Paper figures"),
+        pdfs=[result(f"figures/{stem}.pdf") for stem in ("fig4_validation_loss", "fig5_physics", "fig7_ablations")],
+        table=report(result("figures/summary_table.md"), caption="../report/summary_table.rst", category="Tables"),
+        table_csv=result("figures/summary_table.csv"),
+    params:
+        finetune_dir=result("finetune"),
+        size=EVALUATE["figure_size"],
+        ablation_size=FINETUNE["ablations"]["size"],
+        unfreeze_epoch=FINETUNE["unfreeze_epoch"],
+        n_blocks=config["pretrain"]["model"]["n_blocks"],
+        output_dir=FIGURES,
+    log:
+        result(paths.LOGS.format(stage="figures", name="paper_figures")),
+    conda:
+        "../../envs/taufm.yaml"
+    shell:
+        "taufm paper-figures --metrics {input.metrics:q} --finetune-dir {params.finetune_dir:q} --size {params.size}"
+        " --ablation-size {params.ablation_size} --unfreeze-epoch {params.unfreeze_epoch} --n-blocks {params.n_blocks}"
+        " --output-dir {params.output_dir:q} 2> {log:q}"
+
+
+rule embeddings:
+    """Fig. 6: backbone jet embeddings of tau jets (untrained, pretrained, fine-tuned on decay
+    modes), mapped to 2-D with t-SNE and coloured by true decay mode."""
+    input:
+        shards=lambda wildcards: [str(paths.tokenized_ee(RESULTS, "Z_Ztautau", i)) for i in range(len(future_inputs("Z_Ztautau")))],
+        pretrained=result(f"{paths.PRETRAIN_DIR}/backbone_best.pt"),
+        finetuned=result(paths.FINETUNE_RUN.format(task="decay_mode", strategy="finetune", size=EVALUATE["figure_size"], seed=FINETUNE["grid"]["seeds"][0]) + "/model.pt"),
+    output:
+        embeddings=result("embeddings/tau_jet_embeddings.npz"),
+        figure=report(result("figures/fig6_tsne.png"), caption="../report/fig6.rst", category="Paper figures"),
+        pdf=result("figures/fig6_tsne.pdf"),
+    params:
+        stem=result("figures/fig6_tsne"),
+        max_jets=EVALUATE["tsne_jets"],
+    log:
+        result(paths.LOGS.format(stage="figures", name="embeddings")),
+    conda:
+        "../../envs/taufm.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    shell:
+        "taufm embeddings --pretrained {input.pretrained:q} --finetuned-model {input.finetuned:q}"
+        " --output {output.embeddings:q} --figure-stem {params.stem:q} --max-jets {params.max_jets}"
+        " --threads {threads} {input.shards:q} 2> {log:q}"
