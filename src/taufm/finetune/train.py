@@ -38,7 +38,7 @@ from taufm.models.heads import HeadConfig, TaskHead
 from taufm.models.part import ParTConfig, ParticleTransformer
 from taufm.pretrain.train import load_backbone
 from taufm.tokenizer.preprocessing import Preprocessing
-from taufm.train.runtime import History, autocast, load_checkpoint, save_checkpoint, seed_everything, select_device
+from taufm.train.runtime import History, autocast, load_checkpoint, save_checkpoint, seed_everything, select_device, warmup_cosine
 
 log = logging.getLogger(__name__)
 
@@ -222,8 +222,7 @@ def run_finetune(
     y_train, y_val = torch.from_numpy(train["target"]), torch.from_numpy(val["target"])
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay)
     total = math.ceil(size / settings.batch_size) * settings.epochs
-    floor = settings.min_learning_rate_ratio
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(s / max(total, 1), 1.0))))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, total, 0, settings.min_learning_rate_ratio))
     history = History(output_dir / "history.csv")
     best, best_state, stale = {"val_loss": math.inf, "epoch": -1}, None, 0
     generator = torch.Generator().manual_seed(seed)

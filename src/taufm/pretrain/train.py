@@ -29,7 +29,7 @@ from taufm.ingest.shards import config_hash
 from taufm.io import atomic_output
 from taufm.models.gpt import GPTBackbone, GPTConfig, NextTokenHead, next_token_loss
 from taufm.pretrain.data import TokenBatches, token_vocabulary
-from taufm.train.runtime import History, autocast, load_checkpoint, load_state_strict, rng_state, save_checkpoint, seed_everything, select_device, set_rng_state
+from taufm.train.runtime import History, autocast, load_checkpoint, load_state_strict, resumable_state, rng_state, save_checkpoint, seed_everything, select_device, set_rng_state, warmup_cosine
 
 log = logging.getLogger(__name__)
 
@@ -107,13 +107,6 @@ def _all_sum(value: torch.Tensor, ddp: _Distributed) -> torch.Tensor:
     return value
 
 
-def _lr_factor(step: int, total: int, warmup: int, floor: float) -> float:
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = min((step - warmup) / max(total - warmup, 1), 1.0)
-    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
-
-
 @torch.no_grad()
 def validation_loss(backbone: GPTBackbone, head: NextTokenHead, batches: TokenBatches, max_batches: int | None, device: torch.device, ddp: _Distributed) -> float:
     backbone.eval()
@@ -171,27 +164,24 @@ def pretrain(shards: Sequence[str | Path], output_dir: str | Path, settings: Pre
     total_steps = steps_per_epoch * settings.epochs
     parameters = [*backbone.parameters(), *head.parameters()]
     optimizer = torch.optim.AdamW(parameters, lr=settings.learning_rate, weight_decay=settings.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, total_steps, settings.warmup_steps, settings.min_learning_rate_ratio))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, total_steps, settings.warmup_steps, settings.min_learning_rate_ratio))
     history = History(output_dir / HISTORY_FILE)
     position = {"epoch": 0, "step_in_epoch": 0, "global_step": 0}
     best = {"val_loss": math.inf}
     epoch_sums = torch.zeros(2, dtype=torch.float64)
 
     last = output_dir / LAST_CHECKPOINT
-    if resume and last.exists():
-        state = load_checkpoint(last)
-        if state["config"].get("settings_hash") != identity["settings_hash"]:
-            log.warning("%s belongs to other settings: starting afresh", last)
-        else:
-            load_state_strict(backbone, state["backbone"], last)
-            load_state_strict(head, state["head"], last)
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            set_rng_state(state["rng"])
-            position, best = dict(state["position"]), dict(state["best"])
-            epoch_sums = state["epoch_sums"].double()
-            history = History(output_dir / HISTORY_FILE, state["history"])
-            log.info("resuming from %s at epoch %d, step %d", last, position["epoch"], position["step_in_epoch"])
+    state = resumable_state(last, identity["settings_hash"]) if resume else None
+    if state is not None:
+        load_state_strict(backbone, state["backbone"], last)
+        load_state_strict(head, state["head"], last)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        set_rng_state(state["rng"])
+        position, best = dict(state["position"]), dict(state["best"])
+        epoch_sums = state["epoch_sums"].double()
+        history = History(output_dir / HISTORY_FILE, state["history"])
+        log.info("resuming from %s at epoch %d, step %d", last, position["epoch"], position["step_in_epoch"])
 
     model_backbone = torch.compile(backbone) if settings.compile else backbone
     train_backbone, train_head = model_backbone, head

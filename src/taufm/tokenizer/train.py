@@ -26,7 +26,7 @@ from taufm.ingest.shards import MASK_COLUMN, config_hash
 from taufm.io import atomic_output
 from taufm.models.vqvae import VQVAE, VQVAEConfig, reconstruction_losses
 from taufm.tokenizer.preprocessing import Preprocessing
-from taufm.train.runtime import History, autocast, load_checkpoint, load_state_strict, rng_state, save_checkpoint, seed_everything, select_device, set_rng_state
+from taufm.train.runtime import History, autocast, load_checkpoint, load_state_strict, resumable_state, rng_state, save_checkpoint, seed_everything, select_device, set_rng_state, warmup_cosine
 
 log = logging.getLogger(__name__)
 
@@ -130,13 +130,6 @@ def evaluate(model: VQVAE, inputs: dict[str, torch.Tensor], batch_size: int, dev
     return metrics
 
 
-def _cosine(step: int, total: int, warmup: int) -> float:
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = (step - warmup) / max(total - warmup, 1)
-    return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-
-
 def train_tokenizer(shards: Sequence[str | Path], output_dir: str | Path, settings: TokenizerSettings | None = None, resume: bool = True) -> dict:
     """Train on the ``train`` split of ``shards``, validate on ``val``; returns the summary."""
     settings = settings or TokenizerSettings()
@@ -165,23 +158,20 @@ def train_tokenizer(shards: Sequence[str | Path], output_dir: str | Path, settin
     n_jets = len(train["mask"])
     steps_per_epoch = math.ceil(n_jets / settings.batch_size)
     total_steps = steps_per_epoch * settings.epochs
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _cosine(s, total_steps, warmup=min(100, total_steps // 10 + 1)))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, total_steps, min(100, total_steps // 10 + 1), 0.05))
     history = History(output_dir / HISTORY_FILE)
     start_epoch, best = 0, {"reconstruction": math.inf}
 
     last = output_dir / LAST_CHECKPOINT
-    if resume and last.exists():
-        state = load_checkpoint(last)
-        if state["config"].get("settings_hash") != identity["settings_hash"]:
-            log.warning("%s belongs to other settings: starting afresh", last)
-        else:
-            load_state_strict(model, state["model"], last)
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            set_rng_state(state["rng"])
-            start_epoch, best = int(state["epoch"]) + 1, dict(state["best"])
-            history = History(output_dir / HISTORY_FILE, state["history"])
-            log.info("resuming from %s after epoch %d", last, start_epoch - 1)
+    state = resumable_state(last, identity["settings_hash"]) if resume else None
+    if state is not None:
+        load_state_strict(model, state["model"], last)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        set_rng_state(state["rng"])
+        start_epoch, best = int(state["epoch"]) + 1, dict(state["best"])
+        history = History(output_dir / HISTORY_FILE, state["history"])
+        log.info("resuming from %s after epoch %d", last, start_epoch - 1)
 
     log.info("tokenizer: %d training jets, %d validation jets, %d steps per epoch on %s", n_jets, len(val["mask"]), steps_per_epoch, device)
     for epoch in range(start_epoch, settings.epochs):

@@ -11,6 +11,8 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
+import logging
+import math
 import random
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -20,6 +22,8 @@ import torch
 
 from taufm.errors import TaufmError
 from taufm.io import atomic_output
+
+log = logging.getLogger(__name__)
 
 
 def select_device(spec: str = "auto") -> torch.device:
@@ -72,6 +76,25 @@ def set_rng_state(state: Mapping) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def warmup_cosine(step: int, total: int, warmup: int, floor: float) -> float:
+    """Learning-rate factor: linear warm-up over ``warmup`` steps, then cosine decay to ``floor``."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min((step - warmup) / max(total - warmup, 1), 1.0)
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def resumable_state(path: Path, settings_hash: str) -> dict | None:
+    """The last checkpoint of this very run, or None (none yet, or one from other settings)."""
+    if not path.exists():
+        return None
+    state = load_checkpoint(path)
+    if state["config"].get("settings_hash") != settings_hash:
+        log.warning("%s belongs to other settings: starting afresh", path)
+        return None
+    return state
 
 
 def save_checkpoint(path: str | Path, payload: Mapping) -> None:
