@@ -219,7 +219,10 @@ def _cmd_paper_figures(args: argparse.Namespace) -> None:
 
     from taufm.plots.paper_figures import fig4_validation_loss, fig5_physics, fig7_ablations, summary_table
 
-    rows = pq.read_table(args.metrics).to_pylist()
+    try:
+        rows = pq.read_table(args.metrics).to_pylist()
+    except Exception as err:  # missing or not Parquet
+        raise TaufmError(f"{args.metrics}: not a readable metrics table ({err})") from err
     out = Path(args.output_dir)
     summary = {
         "fig4": fig4_validation_loss(rows, out / "fig4_validation_loss"),
