@@ -177,3 +177,22 @@ def test_paper_preset_builds_the_full_grid(smoke_run, tmp_path):
     counts = {line.split()[0]: int(line.split()[1]) for line in proc.stdout.splitlines() if len(line.split()) == 2 and line.split()[1].isdigit()}
     assert counts["finetune"] == n_grid + n_ablations
     assert counts["pretrain"] == 1 and counts["train_tokenizer"] == 1
+
+
+def _planned_jobs(smoke_run, tmp_path, change: dict) -> set[str]:
+    override = tmp_path / "change.yaml"
+    override.write_text(yaml.safe_dump({"results_dir": str(smoke_run), **change}))
+    proc = snakemake("--configfile", str(SMOKE), str(override), "--dry-run", "--quiet", "rules")
+    return {line.split()[0] for line in proc.stdout.splitlines() if len(line.split()) == 2 and line.split()[1].isdigit()} - {"total"}
+
+
+def test_a_finetune_setting_reruns_exactly_finetuning_and_evaluation(smoke_run, tmp_path):
+    finetune = yaml.safe_load(SMOKE.read_text())["finetune"]
+    jobs = _planned_jobs(smoke_run, tmp_path, {"finetune": {**finetune, "epochs": finetune["epochs"] + 1}})
+    assert jobs == {"finetune", "metrics", "aggregate_metrics", "paper_figures", "embeddings", "all"}
+
+
+def test_a_simulation_setting_reruns_everything_downstream(smoke_run, tmp_path):
+    jobs = _planned_jobs(smoke_run, tmp_path, {"simulate": {**yaml.safe_load(SMOKE.read_text())["simulate"], "seed": 7}})
+    assert {"simulate_ee", "simulate_jetclass", "ingest_ee", "ingest_jetclass", "dataquality", "train_tokenizer", "tokenize_ee",
+            "tokenize_jetclass", "tokenizer_checks", "pretrain", "finetune", "metrics", "aggregate_metrics", "paper_figures", "embeddings"} <= jobs

@@ -7,6 +7,7 @@ from pathlib import Path
 from taufm import paths
 from taufm.config import validate_config
 from taufm.errors import TaufmError
+from taufm.provenance import source_hash
 
 validate_config(config, workflow.source_path("../schemas/config.schema.yaml"))
 
@@ -14,6 +15,22 @@ RESULTS = config["results_dir"]
 EMBEDDED = config["data"]["source"] == "embedded"
 FUTURE_SAMPLES = ["ZH_Htautau", "Z_Ztautau", "qq"]
 JETCLASS_PROCESSES = ["ZJetsToNuNu", "TTBar"]
+
+
+# The package sources each stage runs (see taufm.provenance): a rule reruns when they change.
+_SHARED = ("errors", "io", "config", "arrays")
+CODE = {
+    "simulate": source_hash("sim", *_SHARED),
+    "ingest": source_hash("ingest", "physics", *_SHARED),
+    "dataquality": source_hash("plots/dataquality", "plots/style", *_SHARED),
+    "tokenizer": source_hash("tokenizer", "models/vqvae", "train", "data", "ingest/shards", *_SHARED),
+    "tokenizer_checks": source_hash("plots/tokenizer_checks", "plots/style", "tokenizer", "models/vqvae", "data", *_SHARED),
+    "pretrain": source_hash("pretrain", "models/gpt", "train", "data", "ingest/shards", *_SHARED),
+    "finetune": source_hash("finetune", "models", "train", "data", "pretrain", "tokenizer/preprocessing", "ingest/shards", "physics", *_SHARED),
+    "metrics": source_hash("evaluate/metrics", "physics", *_SHARED),
+    "figures": source_hash("plots/paper_figures", "plots/style", *_SHARED),
+    "embeddings": source_hash("evaluate/embeddings", "models/gpt", "pretrain", "plots/style", "data", *_SHARED),
+}
 
 
 wildcard_constraints:

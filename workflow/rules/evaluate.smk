@@ -21,6 +21,7 @@ rule metrics:
     output:
         result(paths.FINETUNE_RUN + "/metrics.json"),
     params:
+        code=CODE["metrics"],
         run_dir=lambda wildcards: result(paths.FINETUNE_RUN.format(**wildcards)),
     log:
         result(paths.LOGS.format(stage="metrics", name="{task}_{strategy}_n{size}_seed{seed}")),
@@ -41,6 +42,8 @@ rule aggregate_metrics:
     output:
         csv=report(result("metrics.csv"), caption="../report/metrics.rst", category="Tables"),
         parquet=result("metrics.parquet"),
+    params:
+        code=CODE["metrics"],
     log:
         result(paths.LOGS.format(stage="metrics", name="aggregate")),
     conda:
@@ -63,6 +66,7 @@ rule paper_figures:
         table=report(result("figures/summary_table.md"), caption="../report/summary_table.rst", category="Tables"),
         table_csv=result("figures/summary_table.csv"),
     params:
+        code=CODE["figures"],
         finetune_dir=result("finetune"),
         size=EVALUATE["figure_size"],
         ablation_size=FINETUNE["ablations"]["size"],
@@ -91,6 +95,7 @@ rule embeddings:
         figure=report(result("figures/fig6_tsne.png"), caption="../report/fig6.rst", category="Paper figures"),
         pdf=result("figures/fig6_tsne.pdf"),
     params:
+        code=CODE["embeddings"],
         stem=result("figures/fig6_tsne"),
         max_jets=EVALUATE["tsne_jets"],
     log:

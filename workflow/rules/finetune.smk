@@ -47,6 +47,7 @@ rule finetune:
     output:
         [result(paths.FINETUNE_RUN + "/" + name) for name in paths.FINETUNE_FILES],
     params:
+        code=CODE["finetune"],
         settings=finetune_settings(),
         shards=lambda wildcards: " ".join(f"{name}={s}" for name, files in finetune_shards(wildcards).items() for s in files),
         backbone=lambda wildcards: "" if wildcards.strategy == "part" else "--backbone " + result(f"{paths.PRETRAIN_DIR}/backbone_best.pt"),

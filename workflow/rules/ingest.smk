@@ -22,6 +22,7 @@ rule ingest_ee:
         shard=result(paths.INGESTED_EE),
         manifest=result(paths.INGESTED_EE + ".json"),
     params:
+        code=CODE["ingest"],
         settings=ee_ingest_settings(),
     log:
         result(paths.LOGS.format(stage="ingest_ee", name="{sample}_{shard}")),
@@ -47,6 +48,7 @@ rule ingest_jetclass:
         shard=result(paths.INGESTED_JETCLASS),
         manifest=result(paths.INGESTED_JETCLASS + ".json"),
     params:
+        code=CODE["ingest"],
         settings=jetclass_ingest_settings(),
     log:
         result(paths.LOGS.format(stage="ingest_jetclass", name="{process}_{shard}")),
@@ -72,6 +74,7 @@ rule dataquality:
         png=result(paths.DATAQUALITY.format(sample="{dq_sample}") + ".png"),
         pdf=result(paths.DATAQUALITY.format(sample="{dq_sample}") + ".pdf"),
     params:
+        code=CODE["dataquality"],
         kind=lambda wildcards: "ee" if wildcards.dq_sample in FUTURE_SAMPLES else "jetclass",
         stem=lambda wildcards: result(paths.DATAQUALITY.format(sample=wildcards.dq_sample)),
     log:

@@ -18,6 +18,7 @@ rule pretrain:
     output:
         [result(f"{paths.PRETRAIN_DIR}/{name}") for name in paths.PRETRAIN_OUTPUTS],
     params:
+        code=CODE["pretrain"],
         command=pretrain_command(),
         settings=as_json({k: v for k, v in PRETRAIN.items() if k != "processes"}),
         output_dir=result(paths.PRETRAIN_DIR),

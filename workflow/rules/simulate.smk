@@ -11,6 +11,7 @@ rule simulate_ee:
     output:
         result(paths.SIMULATED_EE),
     params:
+        code=CODE["simulate"],
         events=SIM_FUTURE["events_per_shard"],
         seed=config["simulate"]["seed"],
         sqrt_s=SIM_FUTURE["sqrt_s"],
@@ -37,6 +38,7 @@ rule simulate_jetclass:
     output:
         result(paths.SIMULATED_JETCLASS),
     params:
+        code=CODE["simulate"],
         jets=SIM_JETCLASS["jets_per_shard"],
         seed=config["simulate"]["seed"],
         sqrt_s=SIM_JETCLASS["sqrt_s"],

@@ -18,6 +18,7 @@ rule train_tokenizer:
         history=result(paths.TOKENIZER_HISTORY),
         summary=result(paths.TOKENIZER_SUMMARY),
     params:
+        code=CODE["tokenizer"],
         settings=tokenizer_settings(),
         output_dir=lambda wildcards, output: str(Path(output.model).parent),
     log:
@@ -46,6 +47,7 @@ rule tokenizer_checks:
     output:
         [result(f"{paths.TOKENIZER_FIGURES}/{stem}.{ext}") for stem in paths.TOKENIZER_FIGURE_STEMS for ext in ("png", "pdf")],
     params:
+        code=CODE["tokenizer_checks"],
         future=lambda wildcards: " ".join(f"{name}={s}" for name in FUTURE_SAMPLES for s in ingested_shards(name)),
         output_dir=result(paths.TOKENIZER_FIGURES),
         split=TOKENIZER["checks"]["split"],
@@ -72,6 +74,8 @@ rule tokenize_ee:
     output:
         shard=result(paths.TOKENIZED_EE),
         manifest=result(paths.TOKENIZED_EE + ".json"),
+    params:
+        code=CODE["tokenizer"],
     log:
         result(paths.LOGS.format(stage="tokenize", name="{sample}_{shard}")),
     conda:
@@ -92,6 +96,8 @@ rule tokenize_jetclass:
     output:
         shard=result(paths.TOKENIZED_JETCLASS),
         manifest=result(paths.TOKENIZED_JETCLASS + ".json"),
+    params:
+        code=CODE["tokenizer"],
     log:
         result(paths.LOGS.format(stage="tokenize", name="{process}_{shard}")),
     conda:
