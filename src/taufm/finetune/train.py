@@ -43,7 +43,6 @@ from taufm.train.runtime import History, autocast, load_checkpoint, save_checkpo
 log = logging.getLogger(__name__)
 
 BASE_STRATEGIES = ("scratch", "fixed", "finetune", "part")
-RUN_FILES = ("config.json", "history.csv", "model.pt", "predictions.parquet", "summary.json")
 _STRATEGY = re.compile(r"^(?P<base>scratch|fixed|finetune|part)(?:-(?P<kind>unfreeze|blocks)(?P<value>\d+|never))?$")
 _FEATURE_COLUMNS = tuple(c for c in CANDIDATE_COLUMNS if c not in ("cand_d0", "cand_d0err", "cand_dz", "cand_dzerr"))
 

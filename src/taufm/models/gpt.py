@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from taufm.models.masking import attention_mask
+
 
 @dataclass(frozen=True)
 class GPTConfig:
@@ -34,14 +36,6 @@ class GPTConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def attention_mask(mask: torch.Tensor) -> torch.Tensor:
-    """(batch, 1, length, length) boolean: causal, real keys only, and always the diagonal."""
-    n = mask.shape[1]
-    causal = torch.ones(n, n, dtype=torch.bool, device=mask.device).tril()
-    allowed = causal[None] & mask[:, None, :]
-    return (allowed | torch.eye(n, dtype=torch.bool, device=mask.device)[None])[:, None]
 
 
 class CausalSelfAttention(nn.Module):
@@ -103,7 +97,7 @@ class GPTBackbone(nn.Module):
         if self.position is not None:
             x = x + self.position(torch.arange(tokens.shape[1], device=tokens.device))[None]
         x = self.dropout(x)
-        allowed = attention_mask(mask)
+        allowed = attention_mask(mask, causal=True)
         for block in self.blocks[: self.config.n_blocks if n_blocks is None else n_blocks]:
             x = block(x, allowed)
         return self.norm(x)

@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from taufm.models.masking import attention_mask
+
 
 @dataclass(frozen=True)
 class HeadConfig:
@@ -102,11 +104,8 @@ class ParticleAttentionBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """x (batch, length, dim), mask (batch, length) boolean, True for real candidates."""
-        n = x.shape[1]
-        # Real keys only, plus each position itself so that padded rows stay finite (and unused).
-        allowed = mask[:, None, None, :] | torch.eye(n, dtype=torch.bool, device=x.device)[None, None]
         h = self.norm1(x)
-        x = x + self.dropout(self.attn(h, h, allowed))
+        x = x + self.dropout(self.attn(h, h, attention_mask(mask)))
         x = x + self.dropout(self.ffn(self.norm2(x)))
         return x.masked_fill(~mask[..., None], 0.0)
 

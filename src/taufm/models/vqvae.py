@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from taufm.models.masking import attention_mask
+
 
 @dataclass(frozen=True)
 class VQVAEConfig:
@@ -53,9 +55,7 @@ class SelfAttention(nn.Module):
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         b, n, d = x.shape
         q, k, v = self.qkv(x).view(b, n, 3, self.n_heads, d // self.n_heads).permute(2, 0, 3, 1, 4)
-        # Real keys, plus each position itself so that padded rows stay finite (and unused).
-        allowed = mask[:, None, None, :] | torch.eye(n, dtype=torch.bool, device=x.device)[None, None]
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=self.dropout if self.training else 0.0)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask(mask), dropout_p=self.dropout if self.training else 0.0)
         return self.out(y.transpose(1, 2).reshape(b, n, d))
 
 

@@ -38,6 +38,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator, NullLocator
 
+from taufm import paths
 from taufm.errors import TaufmError
 from taufm.models.vqvae import VQVAE
 from taufm.plots.style import new_figure, no_data_panel, save_figure, taufm_style
@@ -51,10 +52,10 @@ PathLike = str | os.PathLike[str]
 
 JETCLASS = "JetClass"
 FUTURE = "Future"  # key of all Fuτure samples together (the right panel of Fig. 3)
-FIG2_STEM = "fig2_residuals"
-FIG3_PID_STEM = "fig3_pid_confusion"
-FIG3_CHARGE_STEM = "fig3_charge_confusion"
-OUTPUT_STEMS = (FIG2_STEM, FIG3_PID_STEM, FIG3_CHARGE_STEM)
+FIG2_STEM = paths.FIG2_STEM
+FIG3_PID_STEM = paths.FIG3_PID_STEM
+FIG3_CHARGE_STEM = paths.FIG3_CHARGE_STEM
+OUTPUT_STEMS = paths.TOKENIZER_FIGURE_STEMS
 
 # Residual x ranges: this quantile of the JetClass |residual|, times a margin, rounded up.
 RANGE_QUANTILE = 0.98

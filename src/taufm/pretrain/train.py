@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from taufm import paths
 from taufm.config import reject_unknown_keys
 from taufm.errors import TaufmError
 from taufm.ingest.shards import config_hash
@@ -33,12 +34,12 @@ from taufm.train.runtime import History, autocast, load_checkpoint, load_state_s
 
 log = logging.getLogger(__name__)
 
-BACKBONE_FILE = "backbone.pt"
-BEST_BACKBONE_FILE = "backbone_best.pt"
-LAST_CHECKPOINT = "checkpoint_last.pt"
-HISTORY_FILE = "history.csv"
-MODEL_CONFIG_FILE = "model_config.json"
-LOSS_CURVE_STEM = "loss_curve"
+BACKBONE_FILE = paths.BACKBONE_FILE
+BEST_BACKBONE_FILE = paths.BEST_BACKBONE_FILE
+LAST_CHECKPOINT = paths.LAST_CHECKPOINT_FILE
+HISTORY_FILE = paths.TRAINING_HISTORY_FILE
+MODEL_CONFIG_FILE = paths.BACKBONE_CONFIG_FILE
+LOSS_CURVE_STEM = paths.LOSS_CURVE_STEM
 _MODEL_KEYS = {"dim", "n_heads", "n_blocks", "ffn_multiplier", "dropout", "positional"}
 
 

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from taufm.data import CANDIDATE_FEATURE_COLUMNS, candidate_arrays, read_shards
+from taufm import paths
 from taufm.config import reject_unknown_keys
 from taufm.errors import TaufmError
 from taufm.ingest.shards import MASK_COLUMN, config_hash
@@ -30,10 +31,10 @@ from taufm.train.runtime import History, autocast, load_checkpoint, load_state_s
 
 log = logging.getLogger(__name__)
 
-MODEL_FILE = "tokenizer.pt"
-LAST_CHECKPOINT = "checkpoint_last.pt"
-HISTORY_FILE = "history.csv"
-SUMMARY_FILE = "summary.json"
+MODEL_FILE = paths.TOKENIZER_MODEL_FILE
+LAST_CHECKPOINT = paths.LAST_CHECKPOINT_FILE
+HISTORY_FILE = paths.TRAINING_HISTORY_FILE
+SUMMARY_FILE = paths.TOKENIZER_SUMMARY_FILE
 _MODEL_KEYS = {f.name for f in dataclasses.fields(VQVAEConfig)} - {"n_inputs", "n_continuous", "n_charge_classes", "n_pid_classes"}
 _PREPROCESSING_KEYS = {f.name for f in dataclasses.fields(Preprocessing)}
 
