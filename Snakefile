@@ -34,5 +34,6 @@ rule all:
         all_dataquality_figures(),
         all_tokenizer_outputs(),
         [result(f"{paths.PRETRAIN_DIR}/{name}") for name in paths.PRETRAIN_OUTPUTS],
+        multiext(result(paths.PRETRAIN_LOSS_CURVE), ".png", ".pdf"),
         [f"{run}/{name}" for run in finetune_runs() for name in paths.FINETUNE_FILES],
         all_evaluation_outputs(),

@@ -97,8 +97,24 @@ def test_loss_falls_and_outputs_are_written(pretrained):
     assert len(rows) == 4
     assert float(rows[-1]["train_loss"]) < 0.6 * float(rows[0]["train_loss"])
     assert float(rows[-1]["val_loss"]) < np.log(K + 2), "better than guessing"
-    for name in (BACKBONE_FILE, BEST_BACKBONE_FILE, "model_config.json", "loss_curve.png", "loss_curve.pdf"):
+    for name in (BACKBONE_FILE, BEST_BACKBONE_FILE, "model_config.json"):
         assert (d / "out" / name).stat().st_size > 0
+    assert not list((d / "out").glob("*.png")), "figures are drawn by figure jobs, not by the training"
+
+
+def test_loss_curve_is_drawn_from_the_history_by_its_own_command(pretrained, tmp_path, capsys):
+    from taufm.cli import main
+
+    d, _ = pretrained
+    assert main(["loss-curve", "--history", str(d / "out" / HISTORY_FILE), "--output-stem", str(tmp_path / "curve")]) == 0
+    for ext in ("png", "pdf"):
+        assert (tmp_path / f"curve.{ext}").stat().st_size > 1000
+    bad = tmp_path / "no_validation.csv"
+    bad.write_text("epoch,train_loss\n0,1.5\n")
+    assert main(["loss-curve", "--history", str(bad), "--output-stem", str(tmp_path / "bad")]) == 2
+    assert "no_validation.csv: training history lacks column(s) val_loss" in capsys.readouterr().err
+    assert (tmp_path / "provenance" / "curve.json").exists(), "a provenance record for the figure"
+    assert not list(tmp_path.glob("bad*")) and not (tmp_path / "provenance" / "bad.json").exists(), "nothing written on error"
 
 
 def test_saved_weights_load_bit_identically_and_mismatches_are_errors(pretrained):

@@ -13,6 +13,8 @@ import pytest
 import uproot
 import yaml
 
+from taufm import paths
+
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "workflow" / "presets" / "smoke.yaml"
 
@@ -64,7 +66,7 @@ def test_smoke_run_produces_every_output(smoke_run):
         manifest = json.loads(shard.with_name(shard.name + ".json").read_text())
         assert manifest["jets"] == pq.read_metadata(shard).num_rows > 0
     signal = sum(
-        json.loads(p.read_text())["signal_jets"] for p in (smoke_run / "ingested" / "future").rglob("*.json") if "tautau" in p.name
+        json.loads(paths.manifest(shard).read_text())["signal_jets"] for shard in ingested if "tautau" in shard.name
     )
     assert signal > 100, "the tau samples give tau jets"
     for name in ("ZH_Htautau", "Z_Ztautau", "qq", "ZJetsToNuNu", "TTBar"):
@@ -116,6 +118,24 @@ def test_smoke_run_produces_every_output(smoke_run):
     assert list((smoke_run / "logs").rglob("*.log")), "every job keeps a log"
 
 
+def test_every_job_leaves_a_provenance_record(smoke_run):
+    from taufm.provenance import config_hash, record_path, stage_source_hash
+
+    shards = [p for sub in ("simulated", "ingested", "tokenized") for p in (smoke_run / sub).rglob("*") if p.suffix in (".root", ".parquet")]
+    records = [record_path(p, is_directory=False) for p in shards]
+    records += [record_path(smoke_run / d, is_directory=True) for d in ("tokenizer", "pretrain", "figures", "figures/tokenizer")]
+    records += [record_path(run, is_directory=True) for run in {p.parent for p in (smoke_run / "finetune").rglob("model.pt")}]
+    records += [record_path(smoke_run / "pretrain" / "loss_curve", False), record_path(smoke_run / "metrics.csv", False)]
+    missing = [str(r.relative_to(smoke_run)) for r in records if not r.exists()]
+    assert not missing, missing
+    record = json.loads(record_path(next((smoke_run / "finetune").rglob("model.pt")).parent, is_directory=True).read_text())
+    assert record["stage"] == "finetune" and record["device"] == "cpu"
+    assert record["config_sha256"] == config_hash(record["config"]) and record["config"]["settings"]["device"] == "cpu"
+    assert record["code_sha256"] == stage_source_hash("finetune")
+    assert all(record["versions"][name] for name in ("torch", "uproot", "awkward", "fastjet", "pythia8mc", "snakemake"))
+    assert len(record["git"]["commit"]) == 40 and isinstance(record["git"]["dirty"], bool)
+
+
 def test_report_holds_every_figure(smoke_run, tmp_path):
     report = tmp_path / "report.html"
     snakemake("--config", f"results_dir={smoke_run}", "--report", str(report))
@@ -137,6 +157,12 @@ def test_config_typo_fails_before_any_job_naming_the_key(tmp_path):
     assert proc.returncode != 0
     assert "simulate.future.evnts_per_shard: unknown key" in proc.stdout + proc.stderr
     assert not (tmp_path / "results").exists()
+
+
+def test_snakemake_lint_is_clean(tmp_path):
+    proc = snakemake("--config", f"results_dir={tmp_path / 'results'}", "--lint")
+    text = proc.stdout + proc.stderr
+    assert "Lints for" not in text and "in a good condition" in text, text[-3000:]
 
 
 def test_real_files_mode_takes_the_simulate_rules_out_of_the_dag(smoke_run, tmp_path):
@@ -192,7 +218,151 @@ def test_a_finetune_setting_reruns_exactly_finetuning_and_evaluation(smoke_run, 
     assert jobs == {"finetune", "metrics", "aggregate_metrics", "paper_figures", "embeddings", "all"}
 
 
+def test_a_figure_style_edit_redraws_the_figures_only(smoke_run, tmp_path):
+    """Edit plots/style.py in a copy of the workflow and package (imported through PYTHONPATH),
+    dry-run it against the smoke run's results and metadata: only figure jobs are planned."""
+    import os
+    import shutil
+
+    copy = tmp_path / "checkout"
+    ignore = shutil.ignore_patterns("__pycache__", "*.egg-info")
+    shutil.copytree(ROOT / "src", copy / "src", ignore=ignore)
+    shutil.copytree(ROOT / "workflow", copy / "workflow", ignore=ignore)
+    shutil.copy(ROOT / "Snakefile", copy / "Snakefile")
+    env = {**os.environ, "PYTHONPATH": str(copy / "src")}
+
+    def planned() -> set[str]:
+        cmd = [sys.executable, "-m", "snakemake", "--cores", "2", "--snakefile", str(copy / "Snakefile"), "--configfile", str(SMOKE),
+               "--config", f"results_dir={smoke_run}", "--dry-run", "--quiet", "rules"]
+        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return {line.split()[0] for line in proc.stdout.splitlines() if len(line.split()) == 2 and line.split()[1].isdigit()} - {"total"}
+
+    assert planned() == set(), "the unedited copy hashes like the checkout"
+    style = copy / "src" / "taufm" / "plots" / "style.py"
+    assert "DPI = 150" in style.read_text()
+    style.write_text(style.read_text().replace("DPI = 150", "DPI = 200"))
+    assert planned() == {"dataquality", "tokenizer_checks", "pretrain_loss_curve", "paper_figures", "embeddings", "all"}
+
+
 def test_a_simulation_setting_reruns_everything_downstream(smoke_run, tmp_path):
     jobs = _planned_jobs(smoke_run, tmp_path, {"simulate": {**yaml.safe_load(SMOKE.read_text())["simulate"], "seed": 7}})
     assert {"simulate_ee", "simulate_jetclass", "ingest_ee", "ingest_jetclass", "dataquality", "train_tokenizer", "tokenize_ee",
             "tokenize_jetclass", "tokenizer_checks", "pretrain", "finetune", "metrics", "aggregate_metrics", "paper_figures", "embeddings"} <= jobs
+
+
+# ---- the same smoke run on a real (single-node) Slurm cluster, through the shipped profile ----
+
+TRAINING_RULES = ("train_tokenizer", "pretrain", "finetune")
+
+
+def slurm_test_profile(directory: Path) -> Path:
+    """``slurm/config.yaml`` as shipped, with this test cluster's names and fast polling.
+
+    Overrides: the partitions (``cpu`` default, ``gpu`` for training rules), no account, status
+    polling every second instead of 40 + 30 s, no retries (a failure must show), and threads /
+    CPUs per GPU sized to this 2-core machine (the same threads as the local smoke run).
+    """
+    profile = yaml.safe_load((ROOT / "slurm" / "config.yaml").read_text())
+    assert profile["executor"] == "slurm"
+    for rule in TRAINING_RULES:
+        assert "cpus_per_gpu" in profile["set-resources"][rule], f"{rule}: cpus_per_gpu in the shipped profile"
+    threads = {"train_tokenizer": 2, "pretrain": 2, "finetune": 1}
+    profile.update(
+        {
+            "jobs": 4,
+            "retries": 0,
+            "latency-wait": 5,
+            "seconds-between-status-checks": 1,
+            "slurm-init-seconds-before-status-checks": 1,
+            "slurm-no-account": True,
+            "set-threads": threads,
+        }
+    )
+    profile["default-resources"]["slurm_partition"] = "cpu"
+    for rule in TRAINING_RULES:
+        profile["set-resources"][rule].update(slurm_partition="gpu", cpus_per_gpu=threads[rule])
+    directory.mkdir(parents=True)
+    (directory / "config.yaml").write_text(yaml.safe_dump(profile))
+    return directory
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster():
+    from tests.slurm_cluster import SlurmTestCluster, unavailable_reason
+
+    reason = unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    with SlurmTestCluster() as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="session")
+def slurm_smoke_run(slurm_cluster, tmp_path_factory):
+    """The smoke preset through ``snakemake --profile slurm``; training stages with ``device: auto``,
+    so their rules request a GPU (the cluster's GPU is fake: the jobs still compute on the CPU)."""
+    base = tmp_path_factory.mktemp("slurm")
+    results = base / "results"
+    smoke = yaml.safe_load(SMOKE.read_text())
+    override = base / "gpu.yaml"
+    override.write_text(
+        yaml.safe_dump({"results_dir": str(results), **{stage: {**smoke[stage], "device": "auto"} for stage in ("tokenizer", "pretrain", "finetune")}})
+    )
+    profile = slurm_test_profile(base / "profile")
+    cmd = [sys.executable, "-m", "snakemake", "--profile", str(profile), "all", "--configfile", str(SMOKE), str(override)]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1800)
+    if proc.returncode != 0:
+        raise AssertionError(f"snakemake --profile slurm failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}\n{slurm_cluster.logs()[-4000:]}")
+    return results, proc
+
+
+def test_slurm_profile_runs_the_smoke_preset_with_gpus_for_training_only(slurm_cluster, slurm_smoke_run):
+    results, _ = slurm_smoke_run
+    assert (results / "metrics.parquet").exists() and (results / "figures" / "fig5_physics.png").exists()
+    jobs = slurm_cluster.sacct("JobID", "Partition", "State", "AllocTRES", "Comment")
+    by_rule: dict[str, list[dict[str, str]]] = {}
+    for job in jobs:
+        rule = job["Comment"].removeprefix("rule_").split("_wildcards_")[0]
+        by_rule.setdefault(rule, []).append(job)
+    assert set(TRAINING_RULES) | {"simulate_ee", "ingest_ee", "metrics", "paper_figures"} <= set(by_rule), sorted(by_rule)
+    for rule, rule_jobs in by_rule.items():
+        for job in rule_jobs:
+            assert job["State"] == "COMPLETED", (rule, job)
+            if rule in TRAINING_RULES:
+                assert job["Partition"] == "gpu" and "gres/gpu=1" in job["AllocTRES"], (rule, job)
+            else:
+                assert job["Partition"] == "cpu" and "gres/gpu" not in job["AllocTRES"], (rule, job)
+    n_finetune = len(list((results / "finetune").rglob("model.pt")))
+    assert len(by_rule["finetune"]) == n_finetune > 0
+
+    for rule in ("finetune", "pretrain"):
+        record = json.loads(next((results / rule).rglob("provenance.json")).read_text())
+        assert record["slurm_job_id"] in {job["JobID"] for job in by_rule[rule]}, "the record names the Slurm job"
+
+
+@pytest.fixture(scope="session")
+def second_smoke_run(request, tmp_path_factory):
+    """A second full smoke run with the same seeds: the Slurm run where a test cluster can start
+    (its training stages ran with device auto, which is the CPU here), else a local one."""
+    from tests.slurm_cluster import unavailable_reason
+
+    if unavailable_reason() is None:
+        results, _ = request.getfixturevalue("slurm_smoke_run")
+        return results
+    results = tmp_path_factory.mktemp("smoke-again") / "results"
+    snakemake("--config", f"results_dir={results}")
+    return results
+
+
+def test_two_runs_with_one_seed_are_identical(smoke_run, second_smoke_run):
+    """Byte-identical ROOT files, jet shards, tokenizer and token shards; identical metrics."""
+    for subdir, pattern in (("simulated", "*.root"), ("ingested", "*.parquet"), ("tokenized", "*.parquet"), ("tokenizer", "tokenizer.pt")):
+        first = sorted(p.relative_to(smoke_run) for p in (smoke_run / subdir).rglob(pattern))
+        second = sorted(p.relative_to(second_smoke_run) for p in (second_smoke_run / subdir).rglob(pattern))
+        assert first == second and first, subdir
+        for relative in first:
+            assert (smoke_run / relative).read_bytes() == (second_smoke_run / relative).read_bytes(), relative
+    first, second = (pq.read_table(run / "metrics.parquet").to_pandas() for run in (smoke_run, second_smoke_run))
+    assert first.shape == second.shape and len(first) > 0
+    assert first.equals(second), "the metrics tables differ"

@@ -127,13 +127,14 @@ def _set_threads(threads: int | None) -> None:
         torch.set_num_threads(threads)
 
 
-def _cmd_train_tokenizer(args: argparse.Namespace) -> None:
+def _cmd_train_tokenizer(args: argparse.Namespace) -> dict:
     from taufm.tokenizer.train import TokenizerSettings, train_tokenizer
 
     _set_threads(args.threads)
     settings = TokenizerSettings.from_mapping(args.settings)
     summary = train_tokenizer(args.shards, args.output_dir, settings)
     log.info("tokenizer trained: %s", json.dumps({k: summary[k] for k in ("best_epoch", "val_best", "val_mean_prediction")}, default=str))
+    return {"device": summary["device"]}
 
 
 def _cmd_tokenize(args: argparse.Namespace) -> None:
@@ -164,20 +165,29 @@ def _cmd_tokenizer_checks(args: argparse.Namespace) -> None:
     log.info("tokenizer checks: %s", json.dumps(summary, sort_keys=True, default=str))
 
 
-def _cmd_pretrain(args: argparse.Namespace) -> None:
+def _cmd_pretrain(args: argparse.Namespace) -> dict:
     from taufm.pretrain.train import PretrainSettings, pretrain
 
     _set_threads(args.threads)
     summary = pretrain(args.shards, args.output_dir, PretrainSettings.from_mapping(args.settings))
     log.info("pretraining done: %s", json.dumps(summary, default=str))
+    return {"device": summary["device"]}
 
 
-def _cmd_finetune(args: argparse.Namespace) -> None:
+def _cmd_loss_curve(args: argparse.Namespace) -> None:
+    from taufm.plots.training import plot_loss_curve
+
+    summary = plot_loss_curve(args.history, args.output_stem, title=args.title, ylabel=args.ylabel)
+    log.info("loss curve: %s", json.dumps(summary))
+
+
+def _cmd_finetune(args: argparse.Namespace) -> dict:
     from taufm.finetune.train import FinetuneSettings, run_finetune
 
     _set_threads(args.threads)
     settings = FinetuneSettings.from_mapping(args.settings)
-    run_finetune(args.task, args.strategy, args.size, args.seed, _sample_paths(args.shards), args.output_dir, settings, args.backbone)
+    summary = run_finetune(args.task, args.strategy, args.size, args.seed, _sample_paths(args.shards), args.output_dir, settings, args.backbone)
+    return {"device": summary["device"]}
 
 
 def _cmd_metrics(args: argparse.Namespace) -> None:
@@ -324,10 +334,16 @@ def build_parser() -> argparse.ArgumentParser:
     tc.set_defaults(func=_cmd_tokenizer_checks)
     pt = sub.add_parser("pretrain", help="pretrain the GPT backbone on token shards (also under torchrun for DDP)")
     pt.add_argument("--settings", type=_json_object, default={}, help="pretraining settings as JSON (or @file)")
-    pt.add_argument("--output-dir", required=True, help="gets backbone.pt, backbone_best.pt, history.csv, loss_curve.*")
+    pt.add_argument("--output-dir", required=True, help="gets backbone.pt, backbone_best.pt, history.csv, model_config.json")
     pt.add_argument("--threads", type=_positive_int, default=None)
     pt.add_argument("shards", nargs="+", help="token shards of JetClass jets (train and val splits are used)")
     pt.set_defaults(func=_cmd_pretrain)
+    lc = sub.add_parser("loss-curve", help="training and validation loss per epoch from a history.csv (PNG + PDF)")
+    lc.add_argument("--history", required=True, help="history.csv of a training stage")
+    lc.add_argument("--output-stem", required=True, help="figure path without extension")
+    lc.add_argument("--title", default="Backbone pretraining")
+    lc.add_argument("--ylabel", default="Next-token cross entropy")
+    lc.set_defaults(func=_cmd_loss_curve)
     ft = sub.add_parser("finetune", help="train one cell of the fine-tuning grid (task, strategy, size, seed)")
     ft.add_argument("--task", required=True, help="tau_id, pt_regression or decay_mode")
     ft.add_argument("--strategy", required=True, help="scratch, fixed, finetune, part, finetune-unfreeze<K|never>, <strategy>-blocks<B>")
@@ -373,12 +389,57 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# The source stage (taufm.provenance.STAGE_SOURCES) of each command, for its provenance record.
+COMMAND_STAGES = {
+    "simulate-ee": "simulate",
+    "simulate-jetclass": "simulate",
+    "ingest-ee": "ingest",
+    "ingest-jetclass": "ingest",
+    "dataquality": "dataquality",
+    "train-tokenizer": "tokenizer",
+    "tokenize": "tokenizer",
+    "tokenizer-checks": "tokenizer_checks",
+    "pretrain": "pretrain",
+    "loss-curve": "figures",
+    "finetune": "finetune",
+    "metrics": "metrics",
+    "aggregate-metrics": "metrics",
+    "paper-figures": "figures",
+    "embeddings": "embeddings",
+}
+# Arguments that do not change what a command computes: left out of the recorded settings.
+_NOT_SETTINGS = {"func", "command", "verbose", "progress"}
+
+
+def _record_provenance(args: argparse.Namespace, outcome: dict | None, started, argv: Sequence[str]) -> None:
+    """The provenance record of a command that succeeded, in its output directory."""
+    import os
+
+    from taufm.provenance import build_record, record_path, write_record
+
+    if os.environ.get("RANK", "0") != "0":  # under torchrun: one record, from rank 0
+        return
+    if getattr(args, "output_dir", None):
+        path = record_path(args.output_dir, is_directory=True)
+    else:
+        output = next(getattr(args, name) for name in ("output", "output_stem", "csv") if getattr(args, name, None))
+        path = record_path(output, is_directory=False)
+    settings = {k: v for k, v in sorted(vars(args).items()) if k not in _NOT_SETTINGS}
+    device = (outcome or {}).get("device", "cpu")
+    write_record(path, build_record(COMMAND_STAGES[args.command], args.command, settings, device=device, started=started, argv=["taufm", *argv]))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    import datetime
+
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+    started = datetime.datetime.now(datetime.timezone.utc)
     try:
-        args.func(args)
+        outcome = args.func(args)
+        _record_provenance(args, outcome, started, argv)
     except TaufmError as err:
         print(f"taufm {args.command}: error: {err}", file=sys.stderr)
         return 2

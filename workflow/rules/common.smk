@@ -7,7 +7,7 @@ from pathlib import Path
 from taufm import paths
 from taufm.config import validate_config
 from taufm.errors import TaufmError
-from taufm.provenance import source_hash
+from taufm.provenance import STAGE_SOURCES, stage_source_hash
 
 validate_config(config, workflow.source_path("../schemas/config.schema.yaml"))
 
@@ -17,20 +17,9 @@ FUTURE_SAMPLES = ["ZH_Htautau", "Z_Ztautau", "qq"]
 JETCLASS_PROCESSES = ["ZJetsToNuNu", "TTBar"]
 
 
-# The package sources each stage runs (see taufm.provenance): a rule reruns when they change.
-_SHARED = ("errors", "io", "config", "arrays")
-CODE = {
-    "simulate": source_hash("sim", *_SHARED),
-    "ingest": source_hash("ingest", "physics", *_SHARED),
-    "dataquality": source_hash("plots/dataquality", "plots/style", *_SHARED),
-    "tokenizer": source_hash("tokenizer", "models/vqvae", "train", "data", "ingest/shards", *_SHARED),
-    "tokenizer_checks": source_hash("plots/tokenizer_checks", "plots/style", "tokenizer", "models/vqvae", "data", *_SHARED),
-    "pretrain": source_hash("pretrain", "models/gpt", "train", "data", "ingest/shards", *_SHARED),
-    "finetune": source_hash("finetune", "models", "train", "data", "pretrain", "tokenizer/preprocessing", "ingest/shards", "physics", *_SHARED),
-    "metrics": source_hash("evaluate/metrics", "physics", *_SHARED),
-    "figures": source_hash("plots/paper_figures", "plots/style", *_SHARED),
-    "embeddings": source_hash("evaluate/embeddings", "models/gpt", "pretrain", "plots/style", "data", *_SHARED),
-}
+# The package sources each stage runs, hashed (taufm.provenance.STAGE_SOURCES): a rule carries
+# its stage's hash as a param, so it reruns when those sources change.
+CODE = {stage: stage_source_hash(stage) for stage in STAGE_SOURCES}
 
 
 wildcard_constraints:
@@ -112,3 +101,81 @@ def all_tokenized():
 def all_tokenizer_outputs():
     figures = [result(f"{paths.TOKENIZER_FIGURES}/{stem}.{ext}") for stem in paths.TOKENIZER_FIGURE_STEMS for ext in ("png", "pdf")]
     return [result(paths.TOKENIZER_MODEL), result(paths.TOKENIZER_SUMMARY), *figures, *all_tokenized()]
+
+
+# ---- Stage settings and the params and input lists built from them (functions live here,
+# rules in the stage files, as Snakemake's linter asks) ----
+
+# Ingestion
+INGEST = config["ingest"]
+
+
+def ee_ingest_settings():
+    return as_json({**INGEST["future"], "split_ratios": INGEST["split_ratios"], "chunk_size": INGEST["chunk_size"]})
+
+
+def jetclass_ingest_settings():
+    return as_json({**INGEST["jetclass"], "split_ratios": INGEST["split_ratios"], "chunk_size": INGEST["chunk_size"]})
+
+
+# Tokenizer
+TOKENIZER = config["tokenizer"]
+
+
+def tokenizer_settings():
+    return as_json({k: v for k, v in TOKENIZER.items() if k != "checks"})
+
+
+# Pretraining
+PRETRAIN = config["pretrain"]
+
+
+def pretrain_command():
+    """`taufm pretrain`, under torchrun when more than one process is configured."""
+    if PRETRAIN["processes"] > 1:
+        return f"torchrun --standalone --nproc_per_node {PRETRAIN['processes']} -m taufm.cli pretrain"
+    return "taufm pretrain"
+
+
+# Fine-tuning grid
+FINETUNE = config["finetune"]
+
+
+def finetune_settings():
+    return as_json({k: v for k, v in FINETUNE.items() if k not in ("grid", "ablations")})
+
+
+def finetune_shards(wildcards):
+    """Token shards of every e+e- sample (ingested shards for the ParT baseline)."""
+    if wildcards.strategy == "part":
+        return {name: ingested_shards(name) for name in FUTURE_SAMPLES}
+    return {name: [str(paths.tokenized_ee(RESULTS, name, i)) for i in range(len(future_inputs(name)))] for name in FUTURE_SAMPLES}
+
+
+def finetune_inputs(wildcards):
+    shards = [s for files in finetune_shards(wildcards).values() for s in files]
+    if wildcards.strategy == "part":
+        return shards
+    return shards + [result(f"{paths.PRETRAIN_DIR}/backbone_best.pt")]
+
+
+def finetune_runs():
+    """Every run directory of the grid and the ablations."""
+    grid, ablations = FINETUNE["grid"], FINETUNE["ablations"]
+    cells = [(t, s, n, seed) for t in grid["tasks"] for s in grid["strategies"] for n in grid["sizes"] for seed in grid["seeds"]]
+    ablation_strategies = [f"finetune-unfreeze{k}" for k in ablations["unfreeze_epochs"]] + [f"finetune-blocks{b}" for b in ablations["n_blocks"]]
+    cells += [(t, s, ablations["size"], seed) for t in ablations["tasks"] for s in [*ablation_strategies, "fixed", "finetune"] for seed in ablations["seeds"]]
+    return sorted({result(paths.FINETUNE_RUN.format(task=t, strategy=s, size=n, seed=seed)) for t, s, n, seed in cells})
+
+
+# Evaluation
+EVALUATE = config["evaluate"]
+if EVALUATE["figure_size"] not in FINETUNE["grid"]["sizes"]:
+    raise TaufmError(f"evaluate.figure_size {EVALUATE['figure_size']} is not among finetune.grid.sizes {FINETUNE['grid']['sizes']}")
+if "decay_mode" not in FINETUNE["grid"]["tasks"] or "finetune" not in FINETUNE["grid"]["strategies"]:
+    raise TaufmError("Fig. 6 needs the decay_mode task and the finetune strategy in finetune.grid")
+
+
+def all_evaluation_outputs():
+    stems = ("fig4_validation_loss", "fig5_physics", "fig6_tsne", "fig7_ablations")
+    return [result("metrics.csv"), result("figures/summary_table.md")] + [result(f"figures/{s}.{e}") for s in stems for e in ("png", "pdf")]

@@ -1,25 +1,12 @@
 # Evaluation: metrics of every run, one tidy table, the paper's figures and the Snakemake report.
 
-EVALUATE = config["evaluate"]
-FIGURES = result("figures")
-if EVALUATE["figure_size"] not in FINETUNE["grid"]["sizes"]:
-    raise TaufmError(f"evaluate.figure_size {EVALUATE['figure_size']} is not among finetune.grid.sizes {FINETUNE['grid']['sizes']}")
-if "decay_mode" not in FINETUNE["grid"]["tasks"] or "finetune" not in FINETUNE["grid"]["strategies"]:
-    raise TaufmError("Fig. 6 needs the decay_mode task and the finetune strategy in finetune.grid")
-
-
-def all_evaluation_outputs():
-    stems = ("fig4_validation_loss", "fig5_physics", "fig6_tsne", "fig7_ablations")
-    return [result("metrics.csv"), result("figures/summary_table.md")] + [result(f"figures/{s}.{e}") for s in stems for e in ("png", "pdf")]
-
-
 rule metrics:
     """Metrics of one fine-tuning run on each test sample (ROC AUC and misID at 80% efficiency,
     pT response and resolution, decay-mode AUCs) plus its best validation loss."""
     input:
-        [result(paths.FINETUNE_RUN + "/" + name) for name in ("predictions.parquet", "summary.json", "history.csv")],
+        [result(f"{paths.FINETUNE_RUN}/{name}") for name in ("predictions.parquet", "summary.json", "history.csv")],
     output:
-        result(paths.FINETUNE_RUN + "/metrics.json"),
+        result(f"{paths.FINETUNE_RUN}/metrics.json"),
     params:
         code=CODE["metrics"],
         run_dir=lambda wildcards: result(paths.FINETUNE_RUN.format(**wildcards)),
@@ -67,12 +54,12 @@ rule paper_figures:
         table_csv=result("figures/summary_table.csv"),
     params:
         code=CODE["figures"],
-        finetune_dir=result("finetune"),
+        finetune_dir=lambda wildcards, input: str(Path(input.runs[0]).parents[4]),  # <dir>/task/strategy/nN/seedS/file
         size=EVALUATE["figure_size"],
         ablation_size=FINETUNE["ablations"]["size"],
         unfreeze_epoch=FINETUNE["unfreeze_epoch"],
         n_blocks=config["pretrain"]["model"]["n_blocks"],
-        output_dir=FIGURES,
+        output_dir=lambda wildcards, output: str(Path(output.fig4).parent),
     log:
         result(paths.LOGS.format(stage="figures", name="paper_figures")),
     conda:
@@ -89,14 +76,14 @@ rule embeddings:
     input:
         shards=lambda wildcards: [str(paths.tokenized_ee(RESULTS, "Z_Ztautau", i)) for i in range(len(future_inputs("Z_Ztautau")))],
         pretrained=result(f"{paths.PRETRAIN_DIR}/backbone_best.pt"),
-        finetuned=result(paths.FINETUNE_RUN.format(task="decay_mode", strategy="finetune", size=EVALUATE["figure_size"], seed=FINETUNE["grid"]["seeds"][0]) + "/model.pt"),
+        finetuned=result(f"{paths.FINETUNE_RUN}/model.pt".format(task="decay_mode", strategy="finetune", size=EVALUATE["figure_size"], seed=FINETUNE["grid"]["seeds"][0])),
     output:
         embeddings=result("embeddings/tau_jet_embeddings.npz"),
         figure=report(result("figures/fig6_tsne.png"), caption="../report/fig6.rst", category="Paper figures"),
         pdf=result("figures/fig6_tsne.pdf"),
     params:
         code=CODE["embeddings"],
-        stem=result("figures/fig6_tsne"),
+        stem=lambda wildcards, output: str(Path(output.pdf).with_suffix("")),
         max_jets=EVALUATE["tsne_jets"],
     log:
         result(paths.LOGS.format(stage="figures", name="embeddings")),

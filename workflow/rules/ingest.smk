@@ -1,17 +1,6 @@
 # Ingestion: ROOT files (simulated or real) -> labelled jets with candidate features -> Parquet
 # shards (one per input file, with a JSON manifest holding the cutflow) and data-quality figures.
 
-INGEST = config["ingest"]
-
-
-def ee_ingest_settings():
-    return as_json({**INGEST["future"], "split_ratios": INGEST["split_ratios"], "chunk_size": INGEST["chunk_size"]})
-
-
-def jetclass_ingest_settings():
-    return as_json({**INGEST["jetclass"], "split_ratios": INGEST["split_ratios"], "chunk_size": INGEST["chunk_size"]})
-
-
 rule ingest_ee:
     """One EDM4hep file -> reco jets clustered with ee-genkt (R=0.4, p=-1), matched one-to-one to
     generator hadronic taus, labelled (tau/background, decay mode, visible pT), with per-candidate
@@ -20,7 +9,7 @@ rule ingest_ee:
         lambda wildcards: future_inputs(wildcards.sample)[int(wildcards.shard)],
     output:
         shard=result(paths.INGESTED_EE),
-        manifest=result(paths.INGESTED_EE + ".json"),
+        manifest=result(f"{paths.INGESTED_EE}.json"),
     params:
         code=CODE["ingest"],
         settings=ee_ingest_settings(),
@@ -46,7 +35,7 @@ rule ingest_jetclass:
         lambda wildcards: jetclass_inputs(wildcards.process)[int(wildcards.shard)],
     output:
         shard=result(paths.INGESTED_JETCLASS),
-        manifest=result(paths.INGESTED_JETCLASS + ".json"),
+        manifest=result(f"{paths.INGESTED_JETCLASS}.json"),
     params:
         code=CODE["ingest"],
         settings=jetclass_ingest_settings(),
@@ -71,8 +60,8 @@ rule dataquality:
     input:
         lambda wildcards: ingested_shards(wildcards.dq_sample),
     output:
-        png=result(paths.DATAQUALITY.format(sample="{dq_sample}") + ".png"),
-        pdf=result(paths.DATAQUALITY.format(sample="{dq_sample}") + ".pdf"),
+        png=result(f"{paths.DATAQUALITY}.png".format(sample="{dq_sample}")),
+        pdf=result(f"{paths.DATAQUALITY}.pdf".format(sample="{dq_sample}")),
     params:
         code=CODE["dataquality"],
         kind=lambda wildcards: "ee" if wildcards.dq_sample in FUTURE_SAMPLES else "jetclass",

@@ -1,15 +1,5 @@
 # Pretraining: the GPT backbone learns next-token prediction on tokenized JetClass jets.
 
-PRETRAIN = config["pretrain"]
-
-
-def pretrain_command():
-    """`taufm pretrain`, under torchrun when more than one process is configured."""
-    if PRETRAIN["processes"] > 1:
-        return f"torchrun --standalone --nproc_per_node {PRETRAIN['processes']} -m taufm.cli pretrain"
-    return "taufm pretrain"
-
-
 rule pretrain:
     """Next-token pretraining of the GPT backbone (loss masked over padding, AdamW with warm-up
     and cosine decay, bf16 on GPU, DDP under torchrun); resumes from its last checkpoint."""
@@ -21,7 +11,7 @@ rule pretrain:
         code=CODE["pretrain"],
         command=pretrain_command(),
         settings=as_json({k: v for k, v in PRETRAIN.items() if k != "processes"}),
-        output_dir=result(paths.PRETRAIN_DIR),
+        output_dir=lambda wildcards, output: str(Path(output[0]).parent),
     log:
         result(paths.LOGS.format(stage="pretrain", name="pretrain")),
     benchmark:
@@ -36,3 +26,27 @@ rule pretrain:
     shell:
         "{params.command} --settings {params.settings:q} --output-dir {params.output_dir:q}"
         " --threads {threads} {input:q} 2> {log:q}"
+
+
+rule pretrain_loss_curve:
+    """Training and validation next-token loss per epoch of the backbone pretraining (a figure
+    job: a style change redraws it without retraining)."""
+    input:
+        result(f"{paths.PRETRAIN_DIR}/{paths.TRAINING_HISTORY_FILE}"),
+    output:
+        multiext(result(paths.PRETRAIN_LOSS_CURVE), ".png", ".pdf"),
+    params:
+        code=CODE["figures"],
+        stem=lambda wildcards, output: str(Path(output[0]).with_suffix("")),
+    log:
+        result(paths.LOGS.format(stage="pretrain", name="loss_curve")),
+    benchmark:
+        result(paths.BENCHMARKS.format(stage="pretrain", name="loss_curve"))
+    conda:
+        "../../envs/taufm.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    shell:
+        "taufm loss-curve --history {input:q} --output-stem {params.stem:q} 2> {log:q}"

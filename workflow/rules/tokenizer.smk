@@ -1,13 +1,6 @@
 # The VQ-VAE tokenizer: trained on JetClass(-like) jets, checked against the paper's Fig. 2 and 3
 # on JetClass and Fuτure jets, then used to turn every ingested shard into token sequences.
 
-TOKENIZER = config["tokenizer"]
-
-
-def tokenizer_settings():
-    return as_json({k: v for k, v in TOKENIZER.items() if k != "checks"})
-
-
 rule train_tokenizer:
     """Train the VQ-VAE (OmniJet-alpha style) on the train split of the JetClass shards,
     validating on their val split; keeps the best model, the history and a resumable checkpoint."""
@@ -49,7 +42,7 @@ rule tokenizer_checks:
     params:
         code=CODE["tokenizer_checks"],
         future=lambda wildcards: " ".join(f"{name}={s}" for name in FUTURE_SAMPLES for s in ingested_shards(name)),
-        output_dir=result(paths.TOKENIZER_FIGURES),
+        output_dir=lambda wildcards, output: str(Path(output[0]).parent),
         split=TOKENIZER["checks"]["split"],
         max_jets=TOKENIZER["checks"]["max_jets"],
     log:
@@ -73,7 +66,7 @@ rule tokenize_ee:
         model=result(paths.TOKENIZER_MODEL),
     output:
         shard=result(paths.TOKENIZED_EE),
-        manifest=result(paths.TOKENIZED_EE + ".json"),
+        manifest=result(f"{paths.TOKENIZED_EE}.json"),
     params:
         code=CODE["tokenizer"],
     log:
@@ -95,7 +88,7 @@ rule tokenize_jetclass:
         model=result(paths.TOKENIZER_MODEL),
     output:
         shard=result(paths.TOKENIZED_JETCLASS),
-        manifest=result(paths.TOKENIZED_JETCLASS + ".json"),
+        manifest=result(f"{paths.TOKENIZED_JETCLASS}.json"),
     params:
         code=CODE["tokenizer"],
     log:

@@ -39,7 +39,6 @@ BEST_BACKBONE_FILE = paths.BEST_BACKBONE_FILE
 LAST_CHECKPOINT = paths.LAST_CHECKPOINT_FILE
 HISTORY_FILE = paths.TRAINING_HISTORY_FILE
 MODEL_CONFIG_FILE = paths.BACKBONE_CONFIG_FILE
-LOSS_CURVE_STEM = paths.LOSS_CURVE_STEM
 _MODEL_KEYS = {"dim", "n_heads", "n_blocks", "ffn_multiplier", "dropout", "positional"}
 
 
@@ -263,24 +262,6 @@ def pretrain(shards: Sequence[str | Path], output_dir: str | Path, settings: Pre
         save_checkpoint(output_dir / BACKBONE_FILE, backbone_payload(backbone, head, vocabulary, {"summary": summary}))
         with atomic_output(output_dir / MODEL_CONFIG_FILE) as tmp:
             tmp.write_text(json.dumps({"model": config.to_dict(), "settings": settings.to_dict(), **summary}, indent=2, sort_keys=True, default=str) + "\n")
-        plot_loss_curve(history.rows, output_dir / LOSS_CURVE_STEM)
     if ddp.world_size > 1:
         dist.barrier()
     return summary
-
-
-def plot_loss_curve(rows: Sequence[Mapping], stem: Path) -> None:
-    """Training and validation loss per epoch (PNG + PDF)."""
-    from taufm.plots.style import new_figure, save_figure, taufm_style
-
-    with taufm_style():
-        fig, axes = new_figure()
-        ax = axes[0, 0]
-        epochs = [r["epoch"] + 1 for r in rows]
-        ax.plot(epochs, [r["train_loss"] for r in rows], marker="o", label="training")
-        ax.plot(epochs, [r["val_loss"] for r in rows], marker="s", label="validation")
-        ax.set_xlabel("Epoch")
-        ax.set_ylabel("Next-token cross entropy")
-        ax.set_title("Backbone pretraining")
-        ax.legend()
-        save_figure(fig, stem)
