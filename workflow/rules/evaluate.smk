@@ -54,7 +54,7 @@ rule paper_figures:
         table_csv=result("figures/summary_table.csv"),
     params:
         code=CODE["figures"],
-        finetune_dir=lambda wildcards, input: str(Path(input.runs[0]).parents[4]),  # <dir>/task/strategy/nN/seedS/file
+        finetune_dir=lambda wildcards, input: finetune_root(input.runs[0]),
         size=EVALUATE["figure_size"],
         ablation_size=FINETUNE["ablations"]["size"],
         unfreeze_epoch=FINETUNE["unfreeze_epoch"],
