@@ -21,7 +21,7 @@ import time
 
 import torch
 
-from taufm.models.gpt import GPTBackbone, GPTConfig, NextTokenHead, next_token_loss
+from taufm.models.gpt import GPTBackbone, GPTConfig, NextTokenHead, next_token_loss_from_embeddings
 from taufm.train.runtime import autocast
 
 PAPER = {"vocab_size": 32002, "max_length": 128, "dim": 256, "n_heads": 8, "n_blocks": 3, "ffn_multiplier": 4}
@@ -63,7 +63,7 @@ def train_step_rate(device: torch.device, batch_size: int, steps: int, use_autoc
 
     def step() -> None:
         with context:
-            loss_sum, count = next_token_loss(head(model(tokens, mask)), tokens, mask)
+            loss_sum, count = next_token_loss_from_embeddings(head, model(tokens, mask), tokens, mask)
         optimizer.zero_grad(set_to_none=True)
         (loss_sum / count).backward()
         optimizer.step()

@@ -14,7 +14,7 @@ import torch
 
 from taufm.errors import TaufmError
 from taufm.ingest.shards import write_shard
-from taufm.models.gpt import GPTBackbone, GPTConfig, NextTokenHead, next_token_loss
+from taufm.models.gpt import GPTBackbone, GPTConfig, NextTokenHead, next_token_loss, next_token_loss_from_embeddings
 from taufm.pretrain.train import BACKBONE_FILE, BEST_BACKBONE_FILE, HISTORY_FILE, LAST_CHECKPOINT, PretrainSettings, load_backbone, pretrain
 
 K = 8  # codebook size of the synthetic tokens: ids 0 start, 1..8 codes, 9 stop
@@ -66,6 +66,25 @@ def test_padding_content_never_changes_outputs_or_loss():
     assert torch.equal(a[mask], b[mask])
     la, lb = next_token_loss(head(a), tokens, mask), next_token_loss(head(b), other, mask)
     assert torch.equal(la[0], lb[0]) and int(la[1]) == int(lb[1]) == int((mask[:, 1:] & mask[:, :-1]).sum())
+
+
+def test_the_head_runs_only_where_a_prediction_counts():
+    model = tiny_model()
+    head = NextTokenHead(model.config)
+    tokens = torch.randint(1, K + 1, (3, 12))
+    mask = torch.ones(3, 12, dtype=torch.bool)
+    mask[0, 4:] = False
+    mask[1, 10:] = False
+    embeddings = model(tokens, mask)
+    rows = []
+    handle = head.register_forward_hook(lambda module, args, output: rows.append(args[0].shape[0]))
+    loss, count = next_token_loss_from_embeddings(head, embeddings, tokens, mask)
+    handle.remove()
+    reference, reference_count = next_token_loss(head(embeddings), tokens, mask)
+    assert rows == [int(count)] == [3 + 9 + 11], "one logit row per counted prediction"
+    assert int(count) == int(reference_count) and torch.allclose(loss, reference, rtol=1e-6)
+    loss.backward()
+    assert head.linear.weight.grad is not None and torch.isfinite(head.linear.weight.grad).all()
 
 
 def test_fewer_blocks_give_the_intermediate_embeddings():
@@ -136,7 +155,7 @@ def test_killed_run_resumes_to_identical_weights(pretrained, tmp_path, monkeypat
     import taufm.pretrain.train as module
 
     d, _ = pretrained
-    real = module.next_token_loss
+    real = module.next_token_loss_from_embeddings
     calls = {"n": 0}
 
     def dies_at_step_ten(*args, **kwargs):
@@ -145,10 +164,10 @@ def test_killed_run_resumes_to_identical_weights(pretrained, tmp_path, monkeypat
             raise KeyboardInterrupt("killed")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(module, "next_token_loss", dies_at_step_ten)
+    monkeypatch.setattr(module, "next_token_loss_from_embeddings", dies_at_step_ten)
     with pytest.raises(KeyboardInterrupt):
         pretrain([d / "tokens_000.parquet"], tmp_path, SETTINGS)
-    monkeypatch.setattr(module, "next_token_loss", real)
+    monkeypatch.setattr(module, "next_token_loss_from_embeddings", real)
     assert (tmp_path / LAST_CHECKPOINT).exists()
     pretrain([d / "tokens_000.parquet"], tmp_path, SETTINGS)
     full = torch.load(d / "out" / BACKBONE_FILE, weights_only=True)["backbone"]

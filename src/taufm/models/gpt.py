@@ -124,3 +124,19 @@ def next_token_loss(logits: torch.Tensor, tokens: torch.Tensor, mask: torch.Tens
     selected = logits[:, :-1][target_mask].float()
     loss_sum = F.cross_entropy(selected, tokens[:, 1:][target_mask].long(), reduction="sum")
     return loss_sum, target_mask.sum()
+
+
+def next_token_loss_from_embeddings(
+    head: nn.Module, embeddings: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`next_token_loss` of ``head(embeddings)``, with the head applied only where a
+    prediction counts.
+
+    With the paper's 32k-entry vocabulary the output layer and its logits dominate a step; jets
+    are padded to the longest in the batch, so skipping the positions whose next token is
+    padding saves their share of that time and of the (batch x length x vocabulary) logits.
+    """
+    target_mask = mask[:, 1:] & mask[:, :-1]
+    logits = head(embeddings[:, :-1][target_mask]).float()
+    loss_sum = F.cross_entropy(logits, tokens[:, 1:][target_mask].long(), reduction="sum")
+    return loss_sum, target_mask.sum()

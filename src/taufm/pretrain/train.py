@@ -28,7 +28,7 @@ from taufm.config import reject_unknown_keys
 from taufm.errors import TaufmError
 from taufm.ingest.shards import config_hash
 from taufm.io import atomic_output
-from taufm.models.gpt import GPTBackbone, GPTConfig, NextTokenHead, next_token_loss
+from taufm.models.gpt import GPTBackbone, GPTConfig, NextTokenHead, next_token_loss_from_embeddings
 from taufm.pretrain.data import TokenBatches, token_vocabulary
 from taufm.train.runtime import History, autocast, load_checkpoint, load_state_strict, resumable_state, rng_state, save_checkpoint, seed_everything, select_device, set_rng_state, warmup_cosine
 
@@ -117,7 +117,7 @@ def validation_loss(backbone: GPTBackbone, head: NextTokenHead, batches: TokenBa
             break
         tokens, mask = tokens.to(device), mask.to(device)
         with autocast(device):
-            loss_sum, count = next_token_loss(head(backbone(tokens, mask)), tokens, mask)
+            loss_sum, count = next_token_loss_from_embeddings(head, backbone(tokens, mask), tokens, mask)
         total += torch.stack([loss_sum.double(), count.double()])
     total = _all_sum(total, ddp)
     return float(total[0] / total[1].clamp(min=1))
@@ -218,7 +218,7 @@ def pretrain(shards: Sequence[str | Path], output_dir: str | Path, settings: Pre
                 continue  # already done before the restart
             tokens, mask = tokens.to(device), mask.to(device)
             with autocast(device):
-                loss_sum, count = next_token_loss(train_head(train_backbone(tokens, mask)), tokens, mask)
+                loss_sum, count = next_token_loss_from_embeddings(train_head, train_backbone(tokens, mask), tokens, mask)
             global_count = _all_sum(count.detach().double(), ddp).clamp(min=1)
             # DDP averages gradients over processes: scale so the update is that of the global mean.
             loss = loss_sum * ddp.world_size / global_count
