@@ -287,6 +287,15 @@ def slurm_test_profile(directory: Path) -> Path:
     return directory
 
 
+def test_slurm_profile_is_found_by_name_from_the_repository_root(tmp_path):
+    """`snakemake --profile slurm all` plans the workflow (a dry run needs no cluster)."""
+    cmd = [sys.executable, "-m", "snakemake", "--profile", "slurm", "all", "--dry-run", "--quiet", "rules",
+           "--configfile", str(SMOKE), "--config", f"results_dir={tmp_path / 'results'}"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Using profile slurm" in proc.stderr and "finetune" in proc.stdout
+
+
 @pytest.fixture(scope="session")
 def slurm_cluster():
     from tests.slurm_cluster import SlurmTestCluster, unavailable_reason
