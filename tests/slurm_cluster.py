@@ -30,7 +30,6 @@ import stat
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 SLURM_CONF_DIR = Path("/etc/slurm")
@@ -256,14 +255,8 @@ StorageLoc=taufm_slurm_acct
         self.stop()
 
 
-@contextlib.contextmanager
-def slurm_test_cluster(**kwargs) -> Iterator[SlurmTestCluster]:
-    with SlurmTestCluster(**kwargs) as cluster:
-        yield cluster
-
-
 if __name__ == "__main__":  # start a cluster by hand: python tests/slurm_cluster.py
-    with slurm_test_cluster() as cluster:
+    with SlurmTestCluster() as cluster:
         print(f"cluster up (state in {cluster.base}); Ctrl-C stops it")
         subprocess.run(["sinfo"])
         with contextlib.suppress(KeyboardInterrupt):

@@ -78,3 +78,25 @@ def test_schema_detector_keys_match_the_detector_parameters():
 def test_config_file_lists_every_detector_parameter_with_its_default(default_config):
     """config.yaml documents the CLIC-like response: it must name every parameter, at the code's default."""
     assert default_config["detector"]["future"] == dataclasses.asdict(DetectorParameters())
+
+
+def test_stage_settings_name_an_unknown_key_and_a_bad_count():
+    from taufm.errors import TaufmError
+    from taufm.finetune.train import FinetuneSettings
+    from taufm.pretrain.train import PretrainSettings
+
+    with pytest.raises(TaufmError, match="unknown pretrain setting"):
+        PretrainSettings.from_mapping({"epohcs": 3})
+    with pytest.raises(TaufmError, match=r"pretrain\.epochs must be a positive integer, got 0"):
+        PretrainSettings.from_mapping({"epochs": 0})
+    with pytest.raises(TaufmError, match=r"finetune\.batch_size must be a positive integer, got 2\.5"):
+        FinetuneSettings.from_mapping({"batch_size": 2.5})
+    assert PretrainSettings.from_mapping({"epochs": 4}).epochs == 4
+
+
+def test_config_hash_ignores_key_order_only():
+    from taufm.config import config_hash
+
+    assert config_hash({"a": 1, "b": [1, 2]}) == config_hash({"b": [1, 2], "a": 1})
+    assert config_hash({"a": 1, "b": [1, 2]}) != config_hash({"a": 1, "b": [2, 1]})
+    assert len(config_hash({})) == 64

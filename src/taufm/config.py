@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any, TypeVar
 
 import jsonschema
 import yaml
@@ -17,6 +21,28 @@ def reject_unknown_keys(values: Mapping, known: Iterable[str], where: str) -> No
     unknown = sorted(set(values) - known)
     if unknown:
         raise TaufmError(f"unknown {where} setting(s): {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+
+
+Settings = TypeVar("Settings")
+
+
+def settings_from_mapping(cls: type[Settings], values: Mapping | None, where: str, positive: Iterable[str] = ()) -> Settings:
+    """A stage's settings dataclass from its config mapping. An unknown key, or a count in
+    ``positive`` that is not a positive integer, is a :class:`TaufmError` naming it."""
+    values = dict(values or {})
+    reject_unknown_keys(values, (f.name for f in dataclasses.fields(cls)), where)
+    settings = cls(**values)
+    for name in positive:
+        value = getattr(settings, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise TaufmError(f"{where}.{name} must be a positive integer, got {value!r}")
+    return settings
+
+
+def config_hash(config: Mapping[str, Any]) -> str:
+    """SHA-256 of resolved settings as canonical JSON (sorted keys): equal settings, equal hash."""
+    text = json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def load_schema(path: str | Path) -> dict:

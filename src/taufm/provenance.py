@@ -26,6 +26,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from taufm.config import config_hash
+
 PACKAGE_ROOT = Path(__file__).resolve().parent
 
 # Modules every stage runs.
@@ -80,12 +82,6 @@ def stage_source_hash(stage: str, root: Path | None = None) -> str:
     return source_hash(*STAGE_SOURCES[stage], *SHARED_SOURCES, root=root)
 
 
-def config_hash(config: Mapping[str, Any]) -> str:
-    """SHA-256 of the settings as canonical JSON (sorted keys): equal settings, equal hash."""
-    text = json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
 def git_state(path: Path = PACKAGE_ROOT) -> dict[str, Any]:
     """Commit and dirty flag of the git checkout holding ``path`` (None when it is not one)."""
     def git(*args: str) -> str | None:
@@ -95,11 +91,12 @@ def git_state(path: Path = PACKAGE_ROOT) -> dict[str, Any]:
             return None
         return proc.stdout if proc.returncode == 0 else None
 
-    commit = git("rev-parse", "HEAD")
-    if commit is None:
+    head = git("rev-parse", "HEAD", "--show-toplevel")
+    if head is None:
         return {"commit": None, "dirty": None, "checkout": None}
+    commit, checkout = head.splitlines()[:2]
     status = git("status", "--porcelain")
-    return {"commit": commit.strip(), "dirty": bool(status.strip()) if status is not None else None, "checkout": (git("rev-parse", "--show-toplevel") or "").strip() or None}
+    return {"commit": commit, "dirty": bool(status.strip()) if status is not None else None, "checkout": checkout}
 
 
 def package_versions(names: tuple[str, ...] = RECORDED_PACKAGES) -> dict[str, str | None]:

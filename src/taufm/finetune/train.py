@@ -26,12 +26,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from taufm.config import reject_unknown_keys
+from taufm.config import config_hash, reject_unknown_keys, settings_from_mapping
 from taufm.errors import TaufmError
 from taufm.finetune.data import load_task_data, nested_subset
 from taufm.finetune.tasks import TASK_NAMES, epoch_metrics, n_outputs, predict, task_settings
 from taufm.finetune.tasks import loss as task_loss
-from taufm.ingest.shards import CANDIDATE_COLUMNS, MASK_COLUMN, ShardWriter, config_hash
+from taufm.ingest.shards import CANDIDATE_COLUMNS, MASK_COLUMN, ShardWriter
 from taufm.io import atomic_output
 from taufm.models.gpt import GPTBackbone, GPTConfig
 from taufm.models.heads import HeadConfig, TaskHead
@@ -102,13 +102,9 @@ class FinetuneSettings:
 
     @classmethod
     def from_mapping(cls, values: Mapping | None) -> FinetuneSettings:
-        values = dict(values or {})
-        reject_unknown_keys(values, (f.name for f in dataclasses.fields(cls)), "finetune")
-        settings = cls(**values)
+        settings = settings_from_mapping(cls, values, "finetune", positive=("epochs", "batch_size"))
         reject_unknown_keys(settings.head, (f.name for f in dataclasses.fields(HeadConfig)), "finetune.head")
         reject_unknown_keys(settings.tasks, TASK_NAMES, "finetune.tasks")
-        if settings.epochs < 1 or settings.batch_size < 1:
-            raise TaufmError("finetune.epochs and finetune.batch_size must be positive")
         return settings
 
     def to_dict(self) -> dict:

@@ -25,10 +25,10 @@ from pathlib import Path
 import awkward as ak
 import numpy as np
 
-from taufm.config import reject_unknown_keys
+from taufm.config import config_hash, settings_from_mapping
 from taufm.errors import TaufmError
 from taufm.ingest.edm4hep import EventChunk, iterate_events
-from taufm.ingest.shards import CANDIDATE_COLUMNS, MASK_COLUMN, SPLITS, ShardWriter, assign_split, config_hash, delta_phi, pad_candidates
+from taufm.ingest.shards import CANDIDATE_COLUMNS, MASK_COLUMN, SPLITS, ShardWriter, assign_split, delta_phi, pad_candidates
 from taufm.physics.matching import any_within, match_one_to_one
 from taufm.physics.tau import find_taus
 
@@ -58,13 +58,9 @@ class EEIngestSettings:
 
     @classmethod
     def from_mapping(cls, values: Mapping | None) -> EEIngestSettings:
-        values = dict(values or {})
-        reject_unknown_keys(values, (f.name for f in dataclasses.fields(cls)), "ingest.future")
-        settings = cls(**values)
+        settings = settings_from_mapping(cls, values, "ingest.future", positive=("max_candidates", "chunk_size"))
         if settings.lepton_cleaning not in LEPTON_CLEANING_MODES:
             raise TaufmError(f"ingest.lepton_cleaning must be one of {', '.join(LEPTON_CLEANING_MODES)}, got {settings.lepton_cleaning!r}")
-        if settings.max_candidates < 1 or settings.chunk_size < 1:
-            raise TaufmError("ingest.max_candidates and ingest.chunk_size must be positive")
         return settings
 
 

@@ -24,6 +24,7 @@ import awkward as ak
 import numpy as np
 import uproot
 
+from taufm.config import config_hash
 from taufm.errors import TaufmError
 from taufm.ingest.shards import (
     CANDIDATE_COLUMNS,
@@ -33,7 +34,6 @@ from taufm.ingest.shards import (
     SCHEMA_VERSION,
     SPLITS,
     assign_split,
-    config_hash,
     ShardWriter,
     pad_candidates,
 )

@@ -100,11 +100,6 @@ def pad_candidates(per_jet: ak.Array, max_candidates: int, sort_by: str = "pt") 
     return columns, mask, n_total
 
 
-def config_hash(config: Mapping) -> str:
-    """A short, stable hash of a resolved stage configuration."""
-    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
 def _arrow_column(values: np.ndarray) -> pa.Array:
     if values.ndim == 2:
         flat = pa.array(values.reshape(-1))

@@ -90,9 +90,8 @@ def feed_forward(config: HeadConfig) -> nn.Sequential:
     return nn.Sequential(nn.Linear(config.dim, hidden), nn.GELU(), nn.Dropout(config.dropout), nn.Linear(hidden, config.dim))
 
 
-class ParticleAttentionBlock(nn.Module):
-    """ParT-style block: pre-LN self-attention across the real candidates, then a pre-LN FFN,
-    each with a residual connection; padded positions come out as zeros."""
+class _PreNormAttentionBlock(nn.Module):
+    """Layers of a pre-LN attention + FFN block; subclasses say what attends to what."""
 
     def __init__(self, config: HeadConfig) -> None:
         super().__init__()
@@ -101,6 +100,11 @@ class ParticleAttentionBlock(nn.Module):
         self.norm2 = nn.LayerNorm(config.dim)
         self.ffn = feed_forward(config)
         self.dropout = nn.Dropout(config.dropout)
+
+
+class ParticleAttentionBlock(_PreNormAttentionBlock):
+    """ParT-style block: pre-LN self-attention across the real candidates, then a pre-LN FFN,
+    each with a residual connection; padded positions come out as zeros."""
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """x (batch, length, dim), mask (batch, length) boolean, True for real candidates."""
@@ -110,17 +114,9 @@ class ParticleAttentionBlock(nn.Module):
         return x.masked_fill(~mask[..., None], 0.0)
 
 
-class ClassAttentionBlock(nn.Module):
+class ClassAttentionBlock(_PreNormAttentionBlock):
     """CaiT-style block: the class token attends to itself and the real candidates (pre-LN,
     residual), then a pre-LN FFN on the class token (residual). The candidates are not updated."""
-
-    def __init__(self, config: HeadConfig) -> None:
-        super().__init__()
-        self.norm1 = nn.LayerNorm(config.dim)
-        self.attn = Attention(config.dim, config.n_heads, config.dropout)
-        self.norm2 = nn.LayerNorm(config.dim)
-        self.ffn = feed_forward(config)
-        self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, cls_token: torch.Tensor, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """cls_token (batch, 1, dim), x (batch, length, dim), mask (batch, length) -> (batch, 1, dim)."""

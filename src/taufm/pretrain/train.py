@@ -24,9 +24,8 @@ import torch
 import torch.distributed as dist
 
 from taufm import paths
-from taufm.config import reject_unknown_keys
+from taufm.config import config_hash, reject_unknown_keys, settings_from_mapping
 from taufm.errors import TaufmError
-from taufm.ingest.shards import config_hash
 from taufm.io import atomic_output
 from taufm.models.gpt import GPTBackbone, GPTConfig, NextTokenHead, next_token_loss_from_embeddings
 from taufm.pretrain.data import TokenBatches, token_vocabulary
@@ -61,13 +60,8 @@ class PretrainSettings:
 
     @classmethod
     def from_mapping(cls, values: Mapping | None) -> PretrainSettings:
-        values = dict(values or {})
-        reject_unknown_keys(values, (f.name for f in dataclasses.fields(cls)), "pretrain")
-        settings = cls(**values)
+        settings = settings_from_mapping(cls, values, "pretrain", positive=("max_length", "batch_size", "epochs", "checkpoint_every"))
         reject_unknown_keys(settings.model, _MODEL_KEYS, "pretrain.model")
-        for name in ("max_length", "batch_size", "epochs", "checkpoint_every"):
-            if getattr(settings, name) < 1:
-                raise TaufmError(f"pretrain.{name} must be positive, got {getattr(settings, name)}")
         return settings
 
     def to_dict(self) -> dict:

@@ -21,9 +21,9 @@ import torch
 
 from taufm.data import CANDIDATE_FEATURE_COLUMNS, candidate_arrays, read_shards
 from taufm import paths
-from taufm.config import reject_unknown_keys
+from taufm.config import config_hash, reject_unknown_keys, settings_from_mapping
 from taufm.errors import TaufmError
-from taufm.ingest.shards import MASK_COLUMN, config_hash
+from taufm.ingest.shards import MASK_COLUMN
 from taufm.io import atomic_output
 from taufm.models.vqvae import VQVAE, VQVAEConfig, reconstruction_losses
 from taufm.tokenizer.preprocessing import Preprocessing
@@ -56,14 +56,9 @@ class TokenizerSettings:
 
     @classmethod
     def from_mapping(cls, values: Mapping | None) -> TokenizerSettings:
-        values = dict(values or {})
-        reject_unknown_keys(values, (f.name for f in dataclasses.fields(cls)), "tokenizer")
-        settings = cls(**values)
+        settings = settings_from_mapping(cls, values, "tokenizer", positive=("epochs", "batch_size", "max_candidates"))
         for group, allowed in (("model", _MODEL_KEYS), ("preprocessing", _PREPROCESSING_KEYS)):
             reject_unknown_keys(getattr(settings, group), allowed, f"tokenizer.{group}")
-        for name in ("epochs", "batch_size", "max_candidates"):
-            if getattr(settings, name) < 1:
-                raise TaufmError(f"tokenizer.{name} must be positive, got {getattr(settings, name)}")
         return settings
 
     def model_config(self, preprocessing: Preprocessing) -> VQVAEConfig:
