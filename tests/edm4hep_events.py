@@ -61,8 +61,8 @@ def _charge(pdg: int) -> float:
     return float(np.sign(pdg)) * CHARGE.get(abs(pdg), 0.0)
 
 
-def write_events(path, events: list[Event], naming: str = "podio-legacy") -> None:
-    """Write ``events`` as an EDM4hep-layout file (event numbers 0..n-1)."""
+def write_events(path, events: list[Event], generation: str = "podio-0.16", tracks: bool = True) -> None:
+    """Write ``events`` as an EDM4hep-layout file (event numbers 0..n-1) of a podio ``generation``."""
     gen_rows, parents, daughters, cands, tracks, links = [], [], [], [], [], []
     for event in events:
         n = len(event.gen)
@@ -133,7 +133,7 @@ def write_events(path, events: list[Event], naming: str = "podio-legacy") -> Non
     track_array = ak.zip({k: ak.values_astype(track_array[k], np.int32 if k == "location" else np.float32) for k in ak.fields(track_array)})
     link_array = ak.Array(links)
     reco = RecoEvents(candidates=cand_array, tracks=track_array, links=link_array)
-    with EDM4hepWriter(path, naming=naming) as writer:
+    with EDM4hepWriter(path, generation=generation, tracks=tracks) as writer:
         writer.write(record, reco, np.arange(len(events)))
 
 
@@ -245,3 +245,30 @@ KNOWN_EVENTS = [
     tau_near_electron,
     two_taus_one_jet,
 ]
+
+
+def rewrite_events(source, target, drop: tuple[str, ...] = (), rename: dict[str, str] | None = None) -> None:
+    """Copy the leaves of an EDM4hep-layout file to ``target`` as flat branches, leaving out the
+    leaves in ``drop`` and renaming collections by leaf prefix (``{"MCParticles": "X"}`` turns
+    ``MCParticles.PDG`` into ``X.PDG``): files a writer of ours would never make."""
+    import uproot
+
+    rename = rename or {}
+
+    def renamed(leaf: str) -> str:
+        for old, new in rename.items():
+            for sep in (".", "#"):
+                if leaf.startswith(old + sep):
+                    return new + leaf[len(old) :]
+            if leaf.startswith(f"_{old}_"):
+                return f"_{new}_" + leaf[len(old) + 2 :]
+        return leaf
+
+    with uproot.open(source) as f:
+        tree = f["events"]
+        leaves = [k for k in tree.keys() if not k.startswith("n") and k not in drop]
+        arrays = tree.arrays(filter_name=lambda name: name in set(leaves))
+    out = {renamed(k): arrays[k] for k in leaves}
+    with uproot.recreate(target) as f:
+        f.mktree("events", {k: v.type for k, v in out.items()})
+        f["events"].extend(out)

@@ -14,7 +14,7 @@ from taufm.ingest.ee import EEIngestSettings, ingest_ee_file
 from taufm.ingest.shards import CANDIDATE_COLUMNS, MASK_COLUMN
 from taufm.physics.tau import DM_1H0PI0, DM_1H1PI0, DM_3H0PI0, DM_3HNPI0
 
-from .edm4hep_events import KNOWN_EVENTS, tau_to_pi_nu, tau_to_rho_nu, write_events
+from .edm4hep_events import KNOWN_EVENTS, rewrite_events, tau_to_pi_nu, tau_to_rho_nu, write_events
 
 SMALL_CHUNKS = EEIngestSettings(chunk_size=3)
 
@@ -116,17 +116,20 @@ def test_cutflow_accounts_for_every_event_and_jet(known):
     assert sum(manifest["jets_per_split"].values()) == manifest["jets"]
 
 
-def test_both_podio_namings_give_the_same_shard(tmp_path):
+@pytest.mark.parametrize("generation", ["podio-0.17", "podio-1.3"])
+def test_every_podio_generation_gives_the_same_shard(tmp_path, generation):
     events = [make() for make in KNOWN_EVENTS]
     tables = {}
-    for naming in ("podio-legacy", "podio-current"):
-        root = tmp_path / naming / "events.root"
-        write_events(root, events, naming=naming)
-        ingest_ee_file(root, tmp_path / naming / "events.parquet", sample="test")
-        tables[naming] = pq.read_table(tmp_path / naming / "events.parquet").to_pydict()
-    with uproot.open(tmp_path / "podio-current" / "events.root") as f:
-        assert "_MCParticles_daughters.index" in f["events"] and "PandoraPFOs.PDG" in f["events"]
-    assert_same_rows(tables["podio-legacy"], tables["podio-current"])
+    for name in ("podio-0.16", generation):
+        root = tmp_path / name / "events.root"
+        write_events(root, events, generation=name)
+        manifest = ingest_ee_file(root, tmp_path / name / "events.parquet", sample="test")
+        assert manifest["layout"]["generation"] == name
+        tables[name] = pq.read_table(tmp_path / name / "events.parquet").to_pydict()
+    with uproot.open(tmp_path / generation / "events.root") as f:
+        pdg = "PandoraPFOs.PDG" if generation == "podio-1.3" else "PandoraPFOs.type"
+        assert "_MCParticles_daughters.index" in f["events"] and pdg in f["events"]
+    assert_same_rows(tables["podio-0.16"], tables[generation])
 
 
 def test_chunking_does_not_change_the_shard(tmp_path, known):
@@ -190,15 +193,11 @@ def test_corrupt_and_truncated_files(tmp_path):
     assert _no_output(tmp_path)
 
 
-def test_file_missing_a_branch(tmp_path):
+@pytest.mark.parametrize("leaf", ["MCParticles.generatorStatus", "MergedRecoParticles.charge", "MergedRecoParticles.tracks_begin", "SiTracks_Refitted_1.Z0"])
+def test_file_missing_a_branch(tmp_path, leaf):
     write_events(tmp_path / "good.root", [tau_to_pi_nu()])
-    with uproot.open(tmp_path / "good.root") as f:
-        arrays = f["events"].arrays(filter_name=["MCParticles*", "MergedRecoParticles.*", "MergedRecoParticles#1.index"])
-    keep = {k: arrays[k] for k in arrays.fields if k != "MergedRecoParticles.tracks_begin"}
-    with uproot.recreate(tmp_path / "broken.root") as f:
-        f.mktree("events", {k: v.type for k, v in keep.items()})
-        f["events"].extend(keep)
-    with pytest.raises(TaufmError, match="MergedRecoParticles.tracks_begin"):
+    rewrite_events(tmp_path / "good.root", tmp_path / "broken.root", drop=(leaf,))
+    with pytest.raises(TaufmError, match=f"broken.root: missing branch.*{leaf}"):
         ingest_ee_file(tmp_path / "broken.root", tmp_path / "out.parquet", sample="t")
     assert _no_output(tmp_path)
 

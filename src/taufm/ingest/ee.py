@@ -6,7 +6,8 @@ Per chunk of events, all vectorised (no Python loop per event, jet or particle):
    130), ``type == 0`` dropped; stable visible generator particles (status 1, no neutrinos);
 2. FastJet generalised kt for e+e- (``ee_genkt_algorithm``, R = 0.4, p = -1) on each, separately;
 3. generator taus (:func:`taufm.physics.tau.find_taus`): hadronic or not, decay mode, visible p4;
-4. lepton cleaning: jets within Delta R of a generator electron or muon are removed;
+4. lepton cleaning: jets within Delta R of a prompt generator electron or muon are removed
+   (:mod:`taufm.physics.leptons`; every final-state e/mu, or muons only, as options);
 5. one-to-one matching gen tau -> gen jet (pT >= 20 GeV) and reco jet -> gen jet; a reco jet is
    signal when its gen jet holds a hadronic tau, background otherwise;
 6. per-candidate features (SPEC §4), pT-ordered, padded to ``max_candidates`` with a mask.
@@ -27,14 +28,21 @@ import numpy as np
 
 from taufm.config import config_hash, settings_from_mapping
 from taufm.errors import TaufmError
-from taufm.ingest.edm4hep import EventChunk, iterate_events
+from taufm.ingest.edm4hep import CollectionNames, EventChunk, iterate_events
 from taufm.ingest.shards import CANDIDATE_COLUMNS, MASK_COLUMN, SPLITS, ShardWriter, assign_split, delta_phi, pad_candidates
 from taufm.physics.matching import any_within, match_one_to_one
+from taufm.physics.leptons import prompt_leptons
 from taufm.physics.tau import find_taus
 
 log = logging.getLogger(__name__)
 
-LEPTON_CLEANING_MODES = {"electrons_and_muons": (11, 13), "muons_only": (13,), "off": ()}
+# Lepton cleaning: the generator leptons whose jets are removed, as (flavours, prompt only).
+LEPTON_CLEANING_MODES = {
+    "prompt_electrons_and_muons": ((11, 13), True),  # the paper's intent (SPEC §3), default
+    "all_electrons_and_muons": ((11, 13), False),  # every final-state e/mu, Dalitz e± included
+    "muons_only": ((13,), False),  # the reference code
+    "off": ((), False),
+}
 
 
 @dataclass(frozen=True)
@@ -47,7 +55,7 @@ class EEIngestSettings:
     tau_gen_jet_min_pt: float = 20.0
     tau_gen_jet_max_dr: float = 0.4
     reco_gen_jet_max_dr: float = 0.4  # reference: 0.3
-    lepton_cleaning: str = "electrons_and_muons"  # reference: muons_only
+    lepton_cleaning: str = "prompt_electrons_and_muons"  # reference: muons_only
     lepton_cleaning_dr: float = 0.4
     lepton_min_pt: float = 0.0
     max_candidates: int = 16
@@ -55,12 +63,16 @@ class EEIngestSettings:
     lifetime_sentinel: float = 0.0
     split_ratios: Mapping[str, float] = field(default_factory=lambda: {"train": 0.8, "val": 0.1, "test": 0.1})
     chunk_size: int = 20_000
+    collections: CollectionNames = field(default_factory=CollectionNames)
 
     @classmethod
     def from_mapping(cls, values: Mapping | None) -> EEIngestSettings:
+        values = dict(values or {})
+        if "collections" in values:
+            values["collections"] = CollectionNames.from_mapping(values["collections"])
         settings = settings_from_mapping(cls, values, "ingest.future", positive=("max_candidates", "chunk_size"))
         if settings.lepton_cleaning not in LEPTON_CLEANING_MODES:
-            raise TaufmError(f"ingest.lepton_cleaning must be one of {', '.join(LEPTON_CLEANING_MODES)}, got {settings.lepton_cleaning!r}")
+            raise TaufmError(f"ingest.future.lepton_cleaning must be one of {', '.join(LEPTON_CLEANING_MODES)}, got {settings.lepton_cleaning!r}")
         return settings
 
 
@@ -159,23 +171,35 @@ def process_chunk(chunk: EventChunk, sample: str, settings: EEIngestSettings, cu
     vis_phi = np.arctan2(vis["py"], vis["px"])
     vis_mass = np.sqrt(np.maximum(vis["energy"] ** 2 - vis["px"] ** 2 - vis["py"] ** 2 - vis["pz"] ** 2, 0.0))
 
-    # 4. Lepton cleaning (generator electrons/muons, final state).
-    lepton_ids = LEPTON_CLEANING_MODES[settings.lepton_cleaning]
+    # 4. Lepton cleaning (generator electrons/muons, final state; prompt ones by default). The
+    # other definitions are counted too, so the cutflow shows what each would remove.
     gen_flat = ak.flatten(gen)
     gen_event = np.repeat(np.arange(n_events), ak.to_numpy(ak.num(gen)))
     gpx, gpy, gpz = (ak.to_numpy(gen_flat[k]) for k in ("px", "py", "pz"))
     gpt = np.hypot(gpx, gpy)
-    is_lepton = (ak.to_numpy(gen_flat.generatorStatus) == 1) & np.isin(np.abs(ak.to_numpy(gen_flat.PDG)), lepton_ids) & (gpt > max(settings.lepton_min_pt, 0.0)) & (gpt > 0)
-    l_event = gen_event[is_lepton]
-    l_eta = np.arcsinh(gpz[is_lepton] / gpt[is_lepton])
-    l_phi = np.arctan2(gpy[is_lepton], gpx[is_lepton])
+    final_lepton = (ak.to_numpy(gen_flat.generatorStatus) == 1) & (gpt > max(settings.lepton_min_pt, 0.0)) & (gpt > 0)
+    abs_gen_pdg = np.abs(ak.to_numpy(gen_flat.PDG))
+    prompt = prompt_leptons(gen, daughters)
     reco_keep = rj["pt"] >= settings.reco_jet_min_pt
     cutflow.add("reco jets", f"pT >= {settings.reco_jet_min_pt} GeV", len(reco_keep), int(reco_keep.sum()))
-    near = any_within(rj_event, rj["eta"], rj["phi"], l_event, l_eta, l_phi, settings.lepton_cleaning_dr)
-    cutflow.add("reco jets", f"lepton cleaning ({settings.lepton_cleaning}, dR < {settings.lepton_cleaning_dr})", int(reco_keep.sum()), int((reco_keep & ~near).sum()))
+
+    def near_leptons(mode: str, event: np.ndarray, eta: np.ndarray, phi: np.ndarray) -> np.ndarray:
+        flavours, prompt_only = LEPTON_CLEANING_MODES[mode]
+        is_lepton = final_lepton & np.isin(abs_gen_pdg, flavours) & (prompt if prompt_only else True)
+        l_eta = np.arcsinh(gpz[is_lepton] / gpt[is_lepton])
+        l_phi = np.arctan2(gpy[is_lepton], gpx[is_lepton])
+        return any_within(event, eta, phi, gen_event[is_lepton], l_eta, l_phi, settings.lepton_cleaning_dr)
+
+    cleaning = f"lepton cleaning ({settings.lepton_cleaning}, dR < {settings.lepton_cleaning_dr})"
+    for mode in LEPTON_CLEANING_MODES:
+        if mode != settings.lepton_cleaning:
+            other = near_leptons(mode, rj_event, rj["eta"], rj["phi"])
+            cutflow.add("reco jets, other lepton cleanings (not applied)", f"lepton cleaning ({mode}, dR < {settings.lepton_cleaning_dr})", int(reco_keep.sum()), int((reco_keep & ~other).sum()))
+    near = near_leptons(settings.lepton_cleaning, rj_event, rj["eta"], rj["phi"])
+    cutflow.add("reco jets", cleaning, int(reco_keep.sum()), int((reco_keep & ~near).sum()))
     reco_keep &= ~near
-    gen_near = any_within(gj_event, gj["eta"], gj["phi"], l_event, l_eta, l_phi, settings.lepton_cleaning_dr)
-    cutflow.add("gen jets", f"lepton cleaning ({settings.lepton_cleaning}, dR < {settings.lepton_cleaning_dr})", len(gen_near), int((~gen_near).sum()))
+    gen_near = near_leptons(settings.lepton_cleaning, gj_event, gj["eta"], gj["phi"])
+    cutflow.add("gen jets", cleaning, len(gen_near), int((~gen_near).sum()))
     gen_keep = ~gen_near
 
     # 5. Matching: hadronic tau -> gen jet (pT >= min) -> reco jet, one to one at each step.
@@ -285,7 +309,7 @@ def ingest_ee_file(path: str | Path, output: str | Path, *, sample: str, setting
     per_split = np.zeros(len(SPLITS), dtype=np.int64)
     per_decay_mode = np.zeros(6, dtype=np.int64)
     with ShardWriter(output) as writer:
-        for chunk in iterate_events(path, settings.chunk_size):
+        for layout, chunk in iterate_events(path, settings.chunk_size, settings.collections):
             columns = process_chunk(chunk, sample, settings, cutflow)
             n = len(columns["event"])
             split = assign_split(sample, path.name, columns["event"], settings.split_ratios)
@@ -303,6 +327,9 @@ def ingest_ee_file(path: str | Path, output: str | Path, *, sample: str, setting
             "stage": "ingest_ee",
             "input": str(path),
             "sample": sample,
+            # What was read: the podio generation, the collections, whether the file had tracks
+            # (without them the lifetime columns hold the sentinel).
+            "layout": layout.describe(),
             "events": n_events,
             "jets": n_jets,
             "signal_jets": n_signal,

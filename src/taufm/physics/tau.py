@@ -5,9 +5,13 @@ with PDG, generatorStatus, charge, px, py, pz, energy, plus per-particle daughte
 as produced by the generator or read back from EDM4hep files. Vectorised over the whole batch:
 the decay chain is followed a generation at a time, never a Python loop per tau.
 
-Decay products of a tau are its daughters, where a decayed intermediate resonance (rho, omega,
-a1, K*, ...) is replaced by its own daughters; pi0, eta and neutral kaons are products in their
-own right (they count as neutral hadrons, SPEC §3), as is anything that did not decay.
+The decaying tau is the last copy of a tau: one with daughters, none of them a tau, and not a
+final-state particle (generators differ in the status codes of intermediate copies, so the
+record's structure decides, not the code). Decay products of a tau are its daughters, where a
+decayed intermediate resonance (rho, omega, a1, K*, ...: any non-final particle with daughters)
+is replaced by its own daughters; pi0, eta and neutral kaons are products in their own right
+(they count as neutral hadrons, SPEC §3), as is anything that did not decay. Final-state
+particles are never descended into (in simulated files their daughters are detector secondaries).
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ _MAX_GENERATIONS = 10
 
 @dataclass(frozen=True)
 class GenTaus:
-    """Per event, one entry per decayed tau (generatorStatus 2, |PDG| 15).
+    """Per event, one entry per decaying tau (the last copy of each |PDG| 15).
 
     Fields: index (in the event's particle list), charge, hadronic (bool), decay_mode (0-5 for
     hadronic taus, -1 for leptonic), n_charged, n_neutral, n_photons, and the visible
@@ -72,9 +76,14 @@ def find_taus(particles: ak.Array, daughters: ak.Array) -> GenTaus:
     event_of = np.repeat(np.arange(len(counts)), counts)
     daughter_global = ak.to_numpy(ak.flatten(ak.flatten(daughters, axis=2) + start)).astype(np.int64)
 
-    is_tau = (apdg == 15) & (status == 2)
+    decayed = (status != 1) & (n_daughters > 0)
+    # A tau with a tau among its daughters is an intermediate copy (radiation, recoil or a
+    # generator's bookkeeping): only the last copy decays, whatever the status codes say.
+    parent_of_daughter = np.repeat(np.arange(len(apdg)), n_daughters)
+    has_tau_daughter = np.bincount(parent_of_daughter[apdg[daughter_global] == 15], minlength=len(apdg)) > 0
+    is_tau = (apdg == 15) & decayed & ~has_tau_daughter
     tau_global = np.flatnonzero(is_tau)
-    descend = (status == 2) & ~np.isin(apdg, COUNTED_NEUTRAL_MESONS) & (apdg != 15)
+    descend = decayed & ~np.isin(apdg, COUNTED_NEUTRAL_MESONS) & (apdg != 15)
 
     # Frontier expansion: (tau number, particle) pairs, one generation per iteration.
     owner = np.arange(len(tau_global))

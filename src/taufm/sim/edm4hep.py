@@ -197,9 +197,16 @@ def event_branches(event_numbers: np.ndarray, run_number: int) -> dict[str, ak.A
     }
 
 
-# Collection names of newer podio/EDM4hep files (relations as _<collection>_<relation>, the
-# particle-flow collection as PandoraPFOs with a PDG field), for writing such files too.
-_CURRENT_PODIO_NAMES = {
+# The podio generations we write, by the names their leaves take (see docs/data-format.md):
+# - podio-0.16 (EDM4hep 0.7, Fuτure v1): relations `<collection>#N`, vector members
+#   `<collection>_N`, particle flow `MergedRecoParticles` with `type` — how we write by default;
+# - podio-0.17 (podio 0.17-1.2, EDM4hep 0.10): relations and vector members
+#   `_<collection>_<name>`, particle flow `PandoraPFOs`, still with `type`;
+# - podio-1.3 (podio >= 1.3, EDM4hep 1.x, Fuτure v3): as podio-0.17, with `PDG` on reconstructed
+#   particles, double-precision (Vector3d) generator momenta, the track-state covariance in a
+#   `covMatrix.values` member and links as `_<link>_from` / `_<link>_to`.
+PODIO_GENERATIONS = ("podio-0.16", "podio-0.17", "podio-1.3")
+_UNDERSCORE_NAMES = {
     "MCParticles#0": "_MCParticles_parents",
     "MCParticles#1": "_MCParticles_daughters",
     "MergedRecoParticles": "PandoraPFOs",
@@ -210,36 +217,57 @@ _CURRENT_PODIO_NAMES = {
     "RecoMCTruthLink#0": "_RecoMCTruthLink_rec",
     "RecoMCTruthLink#1": "_RecoMCTruthLink_sim",
 }
-PODIO_NAMINGS = ("podio-legacy", "podio-current")
+_PODIO_1_3_NAMES = {
+    **_UNDERSCORE_NAMES,
+    "SiTracks_Refitted_1.covMatrix": "_SiTracks_Refitted_trackStates.covMatrix.values",
+    "RecoMCTruthLink#0": "_RecoMCTruthLink_from",
+    "RecoMCTruthLink#1": "_RecoMCTruthLink_to",
+}
+TRACK_BRANCH_GROUPS = ("SiTracks_Refitted", "SiTracks_Refitted_1", "SiTracks_Refitted_1.covMatrix")
 
 
-def rename_for_naming(branches: dict[str, ak.Array], naming: str) -> dict[str, ak.Array]:
-    """Branch groups under the names of ``naming`` (``podio-legacy`` is how we write by default)."""
-    if naming == "podio-legacy":
+def check_generation(generation: str) -> None:
+    if generation not in PODIO_GENERATIONS:
+        raise ValueError(f"unknown podio generation {generation!r}; known: {', '.join(PODIO_GENERATIONS)}")
+
+
+def rename_for_generation(branches: dict[str, ak.Array], generation: str, tracks: bool = True) -> dict[str, ak.Array]:
+    """Branch groups (written as podio-0.16) under the leaf names of ``generation``.
+
+    ``tracks=False`` leaves the track collections out, as in files slimmed of them: the
+    particle-flow candidates keep their (now dangling) track relation, as podio writes it.
+    """
+    check_generation(generation)
+    if not tracks:
+        branches = {k: v for k, v in branches.items() if k not in TRACK_BRANCH_GROUPS}
+    if generation == "podio-0.16":
         return branches
-    if naming != "podio-current":
-        raise ValueError(f"unknown podio naming {naming!r}; known: {', '.join(PODIO_NAMINGS)}")
+    names = _PODIO_1_3_NAMES if generation == "podio-1.3" else _UNDERSCORE_NAMES
     out = {}
     for name, array in branches.items():
-        if name == "MergedRecoParticles":
+        if generation == "podio-1.3" and name == "MergedRecoParticles":
             array = ak.zip({("PDG" if f == "type" else f): array[f] for f in ak.fields(array)}, depth_limit=2)
-        out[_CURRENT_PODIO_NAMES.get(name, name)] = array
+        if generation == "podio-1.3" and name == "MCParticles":
+            double = {f"momentum.{c}" for c in "xyz"}
+            array = ak.zip({f: (ak.values_astype(array[f], np.float64) if f in double else array[f]) for f in ak.fields(array)}, depth_limit=2)
+        out[names.get(name, name)] = array
     return out
 
 
 class EDM4hepWriter:
     """Write batches of events to one EDM4hep-layout ROOT file, atomically and reproducibly.
 
-    Use as a context manager; the file appears under its final name only when the block ends
-    without an exception.
+    ``generation`` names the podio generation whose leaf names the file takes
+    (:data:`PODIO_GENERATIONS`); ``tracks=False`` writes no track collections. Use as a context
+    manager; the file appears under its final name only when the block ends without an exception.
     """
 
-    def __init__(self, path: str | Path, run_number: int = 0, naming: str = "podio-legacy") -> None:
-        if naming not in PODIO_NAMINGS:
-            raise ValueError(f"unknown podio naming {naming!r}; known: {', '.join(PODIO_NAMINGS)}")
+    def __init__(self, path: str | Path, run_number: int = 0, generation: str = "podio-0.16", tracks: bool = True) -> None:
+        check_generation(generation)
         self.path = Path(path)
         self.run_number = run_number
-        self.naming = naming
+        self.generation = generation
+        self.tracks = tracks
         self._tree = None
 
     def __enter__(self) -> EDM4hepWriter:
@@ -252,7 +280,7 @@ class EDM4hepWriter:
 
     def write(self, record: GenRecord, reco: RecoEvents, event_numbers: np.ndarray) -> None:
         branches = {**event_branches(event_numbers, self.run_number), **mc_particle_branches(record), **reco_branches(reco)}
-        branches = rename_for_naming(branches, self.naming)
+        branches = rename_for_generation(branches, self.generation, self.tracks)
         if self._tree is None:
             self._tree = self._file.mktree(
                 TREE_NAME,
