@@ -61,7 +61,7 @@ def _charge(pdg: int) -> float:
     return float(np.sign(pdg)) * CHARGE.get(abs(pdg), 0.0)
 
 
-def write_events(path, events: list[Event], generation: str = "podio-0.16", tracks: bool = True) -> None:
+def write_events(path, events: list[Event], generation: str = "podio-0.16", with_tracks: bool = True) -> None:
     """Write ``events`` as an EDM4hep-layout file (event numbers 0..n-1) of a podio ``generation``."""
     gen_rows, parents, daughters, cands, tracks, links = [], [], [], [], [], []
     for event in events:
@@ -133,7 +133,7 @@ def write_events(path, events: list[Event], generation: str = "podio-0.16", trac
     track_array = ak.zip({k: ak.values_astype(track_array[k], np.int32 if k == "location" else np.float32) for k in ak.fields(track_array)})
     link_array = ak.Array(links)
     reco = RecoEvents(candidates=cand_array, tracks=track_array, links=link_array)
-    with EDM4hepWriter(path, generation=generation, tracks=tracks) as writer:
+    with EDM4hepWriter(path, generation=generation, tracks=with_tracks) as writer:
         writer.write(record, reco, np.arange(len(events)))
 
 
@@ -235,6 +235,52 @@ def two_taus_one_jet() -> Event:
     return e
 
 
+def tau_copy_chain(eta=0.2, phi=-0.7) -> Event:
+    """tau- -> tau- gamma (an intermediate copy radiating), the last copy -> pi- nu; every
+    non-final particle has status 2, as some generators write it: one tau, decay mode 0,
+    visible pT 30 GeV (the pion's), not a tau counted as a charged hadron."""
+    e = Event()
+    pi = e.add_gen(-211, 1, p4(30.0, eta, phi, MASS[211]))
+    nu = e.add_gen(16, 1, p4(8.0, eta, phi))
+    last = e.add_gen_sum(15, 2, [pi, nu])
+    photon = e.add_gen(22, 1, p4(3.0, eta + 1.5, phi))
+    e.add_gen_sum(15, 2, [last, photon])
+    e.reco_from_gen(pi)
+    e.reco_from_gen(photon)
+    return e
+
+
+def tau_with_dalitz_pi0(eta=-0.3, phi=1.2) -> Event:
+    """tau- -> pi- pi0 nu with pi0 -> gamma e+ e- (Dalitz): decay mode 1; the e± inside the tau
+    jet are not prompt, so the default lepton cleaning keeps the jet."""
+    e = Event()
+    pi = e.add_gen(-211, 1, p4(20.0, eta, phi, MASS[211]))
+    photon = e.add_gen(22, 1, p4(6.0, eta + 0.02, phi - 0.01))
+    positron = e.add_gen(-11, 1, p4(2.0, eta - 0.02, phi + 0.01, MASS[11]))
+    electron = e.add_gen(11, 1, p4(1.5, eta + 0.01, phi + 0.02, MASS[11]))
+    pi0 = e.add_gen_sum(111, 2, [photon, positron, electron])
+    nu = e.add_gen(16, 1, p4(5.0, eta, phi))
+    e.add_gen_sum(15, 2, [pi, pi0, nu])
+    for i in (pi, photon, positron, electron):
+        e.reco_from_gen(i)
+    return e
+
+
+def z_to_ee_near_a_quark_jet() -> Event:
+    """Z -> e+ e- with the electron at Delta R 0.2 of a pion jet: a prompt electron, so the
+    jet is removed by every cleaning that looks at electrons."""
+    e = Event()
+    pions = [e.add_gen(211, 1, p4(25.0, 1.0, 0.0, MASS[211])), e.add_gen(-211, 1, p4(10.0, 1.05, 0.03, MASS[211]))]
+    q = e.add_gen_sum(1, 23, pions)
+    electron = e.add_gen(11, 1, p4(40.0, 1.2, 0.0, MASS[11]))
+    positron = e.add_gen(-11, 1, p4(40.0, -1.2, np.pi, MASS[11]))
+    e.add_gen_sum(23, 22, [electron, positron])
+    e.gen[q]["parents"] = []
+    for i in pions:
+        e.reco_from_gen(i)
+    return e
+
+
 KNOWN_EVENTS = [
     tau_to_pi_nu,
     tau_to_rho_nu,
@@ -257,7 +303,7 @@ def rewrite_events(source, target, drop: tuple[str, ...] = (), rename: dict[str,
 
     def renamed(leaf: str) -> str:
         for old, new in rename.items():
-            for sep in (".", "#"):
+            for sep in (".", "#", "_"):
                 if leaf.startswith(old + sep):
                     return new + leaf[len(old) :]
             if leaf.startswith(f"_{old}_"):

@@ -14,7 +14,16 @@ from taufm.ingest.ee import EEIngestSettings, ingest_ee_file
 from taufm.ingest.shards import CANDIDATE_COLUMNS, MASK_COLUMN
 from taufm.physics.tau import DM_1H0PI0, DM_1H1PI0, DM_3H0PI0, DM_3HNPI0
 
-from .edm4hep_events import KNOWN_EVENTS, rewrite_events, tau_to_pi_nu, tau_to_rho_nu, write_events
+from .edm4hep_events import (
+    KNOWN_EVENTS,
+    rewrite_events,
+    tau_copy_chain,
+    tau_to_pi_nu,
+    tau_to_rho_nu,
+    tau_with_dalitz_pi0,
+    write_events,
+    z_to_ee_near_a_quark_jet,
+)
 
 SMALL_CHUNKS = EEIngestSettings(chunk_size=3)
 
@@ -244,3 +253,55 @@ def test_split_is_stable_when_a_file_grows(tmp_path):
     small = pq.read_table(tmp_path / "small.parquet", columns=["event", "split"]).to_pydict()
     large = pq.read_table(tmp_path / "large.parquet", columns=["event", "split"]).to_pydict()
     assert dict(zip(small["event"], small["split"])).items() <= dict(zip(large["event"], large["split"])).items()
+
+
+# --- Labels: tau copies, and which generator leptons clean jets -----------------------------------
+
+
+def _ingest(tmp_path, events, **settings) -> tuple[dict, dict]:
+    write_events(tmp_path / "events.root", events)
+    name = "_".join(f"{k}-{v}" for k, v in settings.items()) or "default"
+    out = tmp_path / f"{name}.parquet"
+    manifest = ingest_ee_file(tmp_path / "events.root", out, sample="test", settings=EEIngestSettings(**settings))
+    return pq.read_table(out).to_pydict(), manifest
+
+
+def test_a_tau_copy_chain_is_one_tau_decaying_at_its_last_copy(tmp_path):
+    table, manifest = _ingest(tmp_path, [tau_copy_chain()])
+    hadronic = next(r for r in manifest["cutflow"] if r["objects"] == "gen taus" and r["cut"] == "hadronic")
+    assert hadronic == {"objects": "gen taus", "cut": "hadronic", "in": 1, "out": 1}, "one tau, not the copy as well"
+    signal = [i for i, label in enumerate(table["label"]) if label == 1]
+    assert len(signal) == 1
+    assert table["decay_mode"][signal[0]] == DM_1H0PI0, "the daughter tau is no charged hadron"
+    assert table["gen_tau_vis_pt"][signal[0]] == pytest.approx(30.0, rel=1e-5), "visible pT of the last copy only"
+
+
+def test_dalitz_electrons_inside_a_tau_jet_do_not_clean_it(tmp_path):
+    table, manifest = _ingest(tmp_path, [tau_with_dalitz_pi0()])
+    assert table["label"] == [1] and table["decay_mode"] == [DM_1H1PI0]
+    other = {r["cut"]: r for r in manifest["cutflow"] if r["objects"].startswith("reco jets, other lepton cleanings")}
+    assert other["lepton cleaning (all_electrons_and_muons, dR < 0.4)"]["out"] == 0, "counted: the old definition removes it"
+    assert other["lepton cleaning (muons_only, dR < 0.4)"]["out"] == 1
+    table_all, _ = _ingest(tmp_path, [tau_with_dalitz_pi0()], lepton_cleaning="all_electrons_and_muons")
+    assert table_all["label"] == []
+
+
+def test_a_prompt_electron_cleans_the_jet_it_sits_in(tmp_path):
+    for mode, jets in (("prompt_electrons_and_muons", 0), ("all_electrons_and_muons", 0), ("muons_only", 1), ("off", 1)):
+        table, _ = _ingest(tmp_path, [z_to_ee_near_a_quark_jet()], lepton_cleaning=mode)
+        assert len(table["label"]) == jets, mode
+
+
+def test_negative_daughter_index_is_an_error(tmp_path):
+    write_events(tmp_path / "good.root", [tau_to_pi_nu()])
+    with uproot.open(tmp_path / "good.root") as f:
+        leaves = [k for k in f["events"].keys() if not k.startswith("n")]
+        arrays = f["events"].arrays(filter_name=lambda name: name in set(leaves))
+    out = {k: arrays[k] for k in leaves}
+    out["MCParticles#1.index"] = out["MCParticles#1.index"] * 0 - 2
+    with uproot.recreate(tmp_path / "negative.root") as f:
+        f.mktree("events", {k: v.type for k, v in out.items()})
+        f["events"].extend(out)
+    with pytest.raises(TaufmError, match=r"negative.root: MCParticles#1.index: negative index -2"):
+        ingest_ee_file(tmp_path / "negative.root", tmp_path / "out.parquet", sample="t")
+    assert _no_output(tmp_path)

@@ -272,23 +272,32 @@ def process_chunk(chunk: EventChunk, sample: str, settings: EEIngestSettings, cu
 
     ev = rj_event[kept_reco]
     jet_rank = np.arange(len(rj_event)) - np.searchsorted(rj_event, rj_event)  # index within event, pT order of FastJet
-    t = np.maximum(tau_of_reco, 0)
-    g = np.maximum(gen_of_reco, 0)
     nan = np.float32(np.nan)
+
+    def of_tau(values: np.ndarray, missing) -> np.ndarray:
+        """Per written jet: the value of its matched tau, ``missing`` without one (also when the
+        chunk holds no tau at all)."""
+        padded_values = np.append(np.asarray(values, dtype=np.float64), np.nan)
+        return np.where(is_signal, padded_values[np.where(is_signal, tau_of_reco, -1)], missing)
+
+    def of_gen_jet(values: np.ndarray) -> np.ndarray:
+        padded_values = np.append(np.asarray(values, dtype=np.float64), np.nan)
+        return np.where(gen_of_reco >= 0, padded_values[gen_of_reco], nan)
+
     columns: dict[str, np.ndarray] = {
         "event": event_number[ev].astype(np.int64),
         "jet_index": jet_rank[kept_reco].astype(np.int16),
         **{f"jet_{k}": rj[k][kept_reco].astype(np.float32) for k in ("pt", "eta", "phi", "energy", "mass")},
         "n_cand": n_cand,
         "label": is_signal.astype(np.int8),
-        "decay_mode": np.where(is_signal, decay_mode[t], -1).astype(np.int8),
-        "gen_tau_vis_pt": np.where(is_signal, vis_pt[t], nan).astype(np.float32),
-        "gen_tau_vis_eta": np.where(is_signal, vis_eta[t], nan).astype(np.float32),
-        "gen_tau_vis_phi": np.where(is_signal, vis_phi[t], nan).astype(np.float32),
-        "gen_tau_vis_energy": np.where(is_signal, vis["energy"][t], nan).astype(np.float32),
-        "gen_tau_vis_mass": np.where(is_signal, vis_mass[t], nan).astype(np.float32),
-        "gen_tau_charge": np.where(is_signal, ak.to_numpy(flat_taus.charge)[t] if len(flat_taus) else 0.0, 0.0).astype(np.float32),
-        **{f"gen_jet_{k}": np.where(gen_of_reco >= 0, gj[k][g] if len(gj["pt"]) else nan, nan).astype(np.float32) for k in ("pt", "eta", "phi", "energy")},
+        "decay_mode": of_tau(decay_mode, -1).astype(np.int8),
+        "gen_tau_vis_pt": of_tau(vis_pt, nan).astype(np.float32),
+        "gen_tau_vis_eta": of_tau(vis_eta, nan).astype(np.float32),
+        "gen_tau_vis_phi": of_tau(vis_phi, nan).astype(np.float32),
+        "gen_tau_vis_energy": of_tau(vis["energy"], nan).astype(np.float32),
+        "gen_tau_vis_mass": of_tau(vis_mass, nan).astype(np.float32),
+        "gen_tau_charge": of_tau(ak.to_numpy(flat_taus.charge), 0.0).astype(np.float32),
+        **{f"gen_jet_{k}": of_gen_jet(gj[k]).astype(np.float32) for k in ("pt", "eta", "phi", "energy")},
     }
     for name in CANDIDATE_COLUMNS:
         columns[name] = padded[name[len("cand_") :]]

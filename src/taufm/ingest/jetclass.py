@@ -6,6 +6,13 @@ layout of :mod:`taufm.ingest.shards` (SPEC §2, §4): jet scalars, the one-hot l
 into :data:`taufm.sim.jetclass.LABELS`, a hash-based split, and per-candidate features sorted by
 decreasing pT, truncated to ``max_candidates`` and zero padded with a mask.
 
+Both storages of the per-candidate ``part_*`` branches are read alike: the ``std::vector<float>``
+and ``std::vector<int>`` branches of the public files (no counter branch; LZ4 compressed), and
+the counted arrays our writer makes with uproot (one counter branch ``npart``, not read). Label
+branches may be ``bool``, ``int`` or ``float`` (the public files mix the three) and
+``jet_nparticles`` is a float there; other branches (the public files' ``aux_*`` truth) are not
+read. ``tests/fixtures/jetclass/`` holds one set of jets in both storages.
+
 The file is read in chunks of ``chunk_size`` entries and every step works on whole chunks (no
 Python loop per jet). Jets that cannot be used (non-finite inputs, no candidates) are skipped and
 counted in the manifest's cutflow; anything that makes the file itself untrustworthy (missing
