@@ -29,20 +29,38 @@ def snakemake(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     return proc
 
 
+def smoke_listed_files() -> dict[str, dict[str, list[str]]]:
+    """The files the smoke preset reads instead of simulating (per kind, per sample)."""
+    files = yaml.safe_load(SMOKE.read_text()).get("data", {}).get("files", {})
+    return {kind: {name: globs for name, globs in (files.get(kind) or {}).items() if globs} for kind in ("future", "jetclass")}
+
+
 def smoke_outputs(results: Path) -> dict[str, list[Path]]:
+    """The simulated shards of the smoke run (samples read from files are not simulated)."""
     smoke = yaml.safe_load(SMOKE.read_text())["simulate"]
+    listed = smoke_listed_files()
     return {
         "future": [
             results / "simulated" / "future" / sample / f"{sample}_{i:03d}.root"
             for sample, n in smoke["future"]["shards"].items()
+            if sample not in listed["future"]
             for i in range(n)
         ],
         "jetclass": [
             results / "simulated" / "jetclass" / f"{process}_{i:03d}.root"
             for process, n in smoke["jetclass"]["shards"].items()
+            if process not in listed["jetclass"]
             for i in range(n)
         ],
     }
+
+
+def smoke_input_globs(results: Path) -> dict[str, dict[str, list[str]]]:
+    """data.files that name every input of the smoke run: its simulated shards and its files."""
+    listed = smoke_listed_files()
+    future = {s: listed["future"].get(s) or [str(results / "simulated" / "future" / s / "*.root")] for s in ("ZH_Htautau", "Z_Ztautau", "qq")}
+    jetclass = {p: listed["jetclass"].get(p) or [str(results / "simulated" / "jetclass" / f"{p}_*.root")] for p in ("ZJetsToNuNu", "TTBar")}
+    return {"future": future, "jetclass": jetclass}
 
 
 @pytest.fixture(scope="session")
@@ -61,7 +79,13 @@ def test_smoke_run_produces_every_output(smoke_run):
         with uproot.open(path) as f:
             assert f["tree"].num_entries == yaml.safe_load(SMOKE.read_text())["simulate"]["jetclass"]["jets_per_shard"]
     ingested = sorted((smoke_run / "ingested").rglob("*.parquet"))
-    assert len(ingested) == len(outputs["future"]) + len(outputs["jetclass"])
+    listed = smoke_listed_files()
+    n_listed = sum(len(globs) for kind in listed.values() for globs in kind.values())
+    assert len(ingested) == len(outputs["future"]) + len(outputs["jetclass"]) + n_listed
+    for sample, (fixture,) in listed["future"].items():  # a split-class podio file, read as real data is
+        manifest = json.loads(paths.manifest(smoke_run / "ingested" / "future" / sample / f"{sample}_000.parquet").read_text())
+        assert manifest["input"] == fixture and manifest["layout"]["generation"] == Path(fixture).name.split("_")[0]
+        assert manifest["layout"]["has_tracks"] and manifest["signal_jets"] > 10
     for shard in ingested:
         manifest = json.loads(shard.with_name(shard.name + ".json").read_text())
         assert manifest["jets"] == pq.read_metadata(shard).num_rows > 0
@@ -167,10 +191,7 @@ def test_snakemake_lint_is_clean(tmp_path):
 
 def test_real_files_mode_takes_the_simulate_rules_out_of_the_dag(smoke_run, tmp_path):
     outputs = smoke_outputs(smoke_run)
-    files = {
-        "future": {s: [str(smoke_run / "simulated" / "future" / s / "*.root")] for s in ("ZH_Htautau", "Z_Ztautau", "qq")},
-        "jetclass": {p: [str(smoke_run / "simulated" / "jetclass" / f"{p}_*.root")] for p in ("ZJetsToNuNu", "TTBar")},
-    }
+    files = smoke_input_globs(smoke_run)
     config = tmp_path / "real.yaml"
     config.write_text(yaml.safe_dump({"results_dir": str(tmp_path / "results"), "data": {"source": "files", "files": files}}))
     proc = snakemake("--configfile", str(SMOKE), str(config), "--dry-run")
@@ -188,10 +209,7 @@ def test_real_files_mode_takes_the_simulate_rules_out_of_the_dag(smoke_run, tmp_
 
 def test_paper_preset_builds_the_full_grid(smoke_run, tmp_path):
     """The paper's preset on (here: the smoke run's) real-format files plans every grid cell."""
-    files = {
-        "future": {s: [str(smoke_run / "simulated" / "future" / s / "*.root")] for s in ("ZH_Htautau", "Z_Ztautau", "qq")},
-        "jetclass": {p: [str(smoke_run / "simulated" / "jetclass" / f"{p}_*.root")] for p in ("ZJetsToNuNu", "TTBar")},
-    }
+    files = smoke_input_globs(smoke_run)
     override = tmp_path / "files.yaml"
     override.write_text(yaml.safe_dump({"results_dir": str(tmp_path / "results"), "data": {"source": "files", "files": files}}))
     paper = ROOT / "workflow" / "presets" / "paper.yaml"

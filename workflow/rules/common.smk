@@ -52,20 +52,25 @@ def _expand_globs(kind, name):
     return found
 
 
+def _listed(kind, name):
+    """Files listed for a sample are read; with data.source: embedded the others are simulated."""
+    return bool(config["data"]["files"][kind].get(name)) or not EMBEDDED
+
+
 def future_inputs(sample):
-    """The EDM4hep files of one Fuτure sample: simulated shards, or the user's real files."""
-    if EMBEDDED:
-        shards = config["simulate"]["future"]["shards"][sample]
-        return [str(paths.simulated_ee(RESULTS, sample, i)) for i in range(shards)]
-    return _expand_globs("future", sample)
+    """The EDM4hep files of one Fuτure sample: the user's files, or simulated shards."""
+    if _listed("future", sample):
+        return _expand_globs("future", sample)
+    shards = config["simulate"]["future"]["shards"][sample]
+    return [str(paths.simulated_ee(RESULTS, sample, i)) for i in range(shards)]
 
 
 def jetclass_inputs(process):
-    """The JetClass files of one process: simulated shards, or the user's real files."""
-    if EMBEDDED:
-        shards = config["simulate"]["jetclass"]["shards"][process]
-        return [str(paths.simulated_jetclass(RESULTS, process, i)) for i in range(shards)]
-    return _expand_globs("jetclass", process)
+    """The JetClass files of one process: the user's files, or simulated shards."""
+    if _listed("jetclass", process):
+        return _expand_globs("jetclass", process)
+    shards = config["simulate"]["jetclass"]["shards"][process]
+    return [str(paths.simulated_jetclass(RESULTS, process, i)) for i in range(shards)]
 
 
 def all_future_inputs():
