@@ -266,6 +266,23 @@ def tau_with_dalitz_pi0(eta=-0.3, phi=1.2) -> Event:
     return e
 
 
+def tau_to_omega_pi_nu(eta=0.6, phi=2.6) -> Event:
+    """tau- -> omega pi- nu with omega -> pi0 gamma: decay mode 1 (1h± 1h0); the photon comes
+    from the omega, not from the tau, so the decay is not "rare"."""
+    e = Event()
+    pi = e.add_gen(-211, 1, p4(15.0, eta, phi, MASS[211]))
+    g1 = e.add_gen(22, 1, p4(5.0, eta + 0.02, phi))
+    g2 = e.add_gen(22, 1, p4(4.0, eta, phi + 0.02))
+    pi0 = e.add_gen_sum(111, 2, [g1, g2])
+    omega_photon = e.add_gen(22, 1, p4(2.0, eta - 0.02, phi - 0.01))
+    omega = e.add_gen_sum(223, 2, [pi0, omega_photon])
+    nu = e.add_gen(16, 1, p4(5.0, eta, phi))
+    e.add_gen_sum(15, 2, [pi, omega, nu])
+    for i in (pi, g1, g2, omega_photon):
+        e.reco_from_gen(i)
+    return e
+
+
 def z_to_ee_near_a_quark_jet() -> Event:
     """Z -> e+ e- with the electron at Delta R 0.2 of a pion jet: a prompt electron, so the
     jet is removed by every cleaning that looks at electrons."""

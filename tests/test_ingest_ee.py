@@ -18,6 +18,7 @@ from .edm4hep_events import (
     KNOWN_EVENTS,
     rewrite_events,
     tau_copy_chain,
+    tau_to_omega_pi_nu,
     tau_to_pi_nu,
     tau_to_rho_nu,
     tau_with_dalitz_pi0,
@@ -274,6 +275,12 @@ def test_a_tau_copy_chain_is_one_tau_decaying_at_its_last_copy(tmp_path):
     assert len(signal) == 1
     assert table["decay_mode"][signal[0]] == DM_1H0PI0, "the daughter tau is no charged hadron"
     assert table["gen_tau_vis_pt"][signal[0]] == pytest.approx(30.0, rel=1e-5), "visible pT of the last copy only"
+
+
+def test_a_photon_from_a_resonance_does_not_make_a_decay_rare(tmp_path):
+    table, _ = _ingest(tmp_path, [tau_to_omega_pi_nu()])
+    assert table["label"] == [1] and table["decay_mode"] == [DM_1H1PI0]
+    assert table["gen_tau_vis_pt"][0] == pytest.approx(26.0, rel=1e-3), "the omega's photon is visible"
 
 
 def test_dalitz_electrons_inside_a_tau_jet_do_not_clean_it(tmp_path):

@@ -167,31 +167,35 @@ def leaf_names(tree) -> set[str]:
 def collection_types(file, path: str | Path) -> dict[str, str]:
     """Collection name -> EDM4hep collection type from the ``podio_metadata`` tree, if it says.
 
-    podio >= 1.3 keeps, per frame category, the collection IDs with their names
-    (``events___idTable``) and the type of each (``events___CollectionTypeInfo``). A file
-    without the tree, or with one this reader cannot decode, gives an empty mapping (the
-    collections are then found by their usual names).
+    podio >= 1.3 stores, per frame category, one ``CollectionWriteInfo`` per collection
+    (``events___CollectionTypeInfo`` with leaves ``.name``, ``.dataType``, ...). podio 0.16-1.2
+    stores (collection ID, type, is subset, schema version) tuples there, whose members ROOT names
+    ``._0`` ... ``._3``, beside an ID table (``events___idTable`` with ``m_collectionIDs`` and
+    ``m_names``). A file without the tree, or with one this reader cannot decode, gives an empty
+    mapping: the collections are then found by their usual names.
     """
     try:
         meta = file[METADATA_TREE]
     except Exception:
         return {}
+    info = f"{TREE_NAME}___CollectionTypeInfo"
     try:
-        leaves = {name.split("/")[-1]: name for name in meta.keys(recursive=True)}
-        prefix = f"{TREE_NAME}___CollectionTypeInfo"
-        if f"{prefix}.name" in leaves and f"{prefix}.dataType" in leaves:
-            # podio >= 1.3 stores a CollectionWriteInfo struct that holds the name itself.
-            arrays = meta.arrays(filter_name=lambda n: n in {f"{prefix}.name", f"{prefix}.dataType"}, entry_stop=1)
-            names = arrays[f"{prefix}.name"][0].tolist()
-            types = arrays[f"{prefix}.dataType"][0].tolist()
+        keys = set(meta.keys(recursive=True))
+        if f"{info}/{info}.name" in keys:
+            names = meta[f"{info}/{info}.name"].array(entry_stop=1)[0].tolist()
+            types = meta[f"{info}/{info}.dataType"].array(entry_stop=1)[0].tolist()
             return dict(zip(names, types))
-        id_prefix = f"{TREE_NAME}___idTable"
-        if f"{id_prefix}.m_names" in leaves and f"{prefix}._0" in leaves and f"{prefix}._1" in leaves:
-            # podio 0.16-1.2: an ID table plus (collection ID, type, is subset, schema) tuples.
-            ids = meta.arrays(filter_name=lambda n: n in {f"{id_prefix}.m_names", f"{id_prefix}.m_collectionIDs"}, entry_stop=1)
-            info = meta.arrays(filter_name=lambda n: n in {f"{prefix}._0", f"{prefix}._1"}, entry_stop=1)
-            name_of = dict(zip(ids[f"{id_prefix}.m_collectionIDs"][0].tolist(), ids[f"{id_prefix}.m_names"][0].tolist()))
-            return {name_of[i]: t for i, t in zip(info[f"{prefix}._0"][0].tolist(), info[f"{prefix}._1"][0].tolist()) if i in name_of}
+        id_table = f"{TREE_NAME}___idTable"
+        if f"{id_table}/m_names" in keys and f"{info}/{info}._1" in keys:
+            ids = meta[f"{id_table}/m_collectionIDs"].array(entry_stop=1)[0].tolist()
+            names = meta[f"{id_table}/m_names"].array(entry_stop=1)[0].tolist()
+            type_branch = meta[f"{info}/{info}._1"]
+            # uproot has no rule for a string member of a tuple in a vector: say how to read it.
+            strings = uproot.AsObjects(uproot.containers.AsArray(True, False, uproot.containers.AsString(False)), type_branch)
+            types = type_branch.array(strings, entry_stop=1)[0].tolist()
+            type_ids = meta[f"{info}/{info}._0"].array(entry_stop=1)[0].tolist()
+            name_of = dict(zip(ids, names))
+            return {name_of[i]: t for i, t in zip(type_ids, types) if i in name_of}
     except Exception as err:  # an unexpected metadata layout is not a reason to refuse the events
         log.warning("%s: could not read the collection types in %s (%s: %s); using the usual collection names", path, METADATA_TREE, type(err).__name__, err)
     return {}

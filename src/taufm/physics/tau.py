@@ -46,7 +46,8 @@ class GenTaus:
 
 
 def decay_mode(n_charged: np.ndarray, n_neutral: np.ndarray, n_photons: np.ndarray) -> np.ndarray:
-    """SPEC §3 decay mode from counts of charged hadrons, neutral hadrons and direct photons.
+    """SPEC §3 decay mode from counts of charged hadrons, neutral hadrons and photons directly
+    from the tau (a daughter of the tau itself, not of a resonance).
 
     Two-prong decays go to the three-prong classes, as the reference code does.
     """
@@ -88,8 +89,8 @@ def find_taus(particles: ak.Array, daughters: ak.Array) -> GenTaus:
     # Frontier expansion: (tau number, particle) pairs, one generation per iteration.
     owner = np.arange(len(tau_global))
     frontier = tau_global
-    done_owner, done_particle = [], []
-    for _ in range(_MAX_GENERATIONS):
+    done_owner, done_particle, done_direct = [], [], []
+    for generation in range(_MAX_GENERATIONS):
         n = n_daughters[frontier]
         child_owner = np.repeat(owner, n)
         offsets = np.repeat(daughter_start[frontier], n) + (np.arange(n.sum()) - np.repeat(np.cumsum(n) - n, n))
@@ -97,16 +98,20 @@ def find_taus(particles: ak.Array, daughters: ak.Array) -> GenTaus:
         deeper = descend[child]
         done_owner.append(child_owner[~deeper])
         done_particle.append(child[~deeper])
+        done_direct.append(np.full(int((~deeper).sum()), generation == 0))
         owner, frontier = child_owner[deeper], child[deeper]
         if len(frontier) == 0:
             break
     owner = np.concatenate(done_owner)
     product = np.concatenate(done_particle)
+    direct = np.concatenate(done_direct)  # a daughter of the tau itself, not of a resonance
     order = np.lexsort((product, owner))
-    owner, product = owner[order], product[order]
+    owner, product, direct = owner[order], product[order], direct[order]
 
     ap = apdg[product]
     is_nu = np.isin(ap, NEUTRINOS)
+    # Leptons and photons count only as the tau's own daughters (SPEC §3): a photon from
+    # omega -> pi0 gamma does not make a decay "rare", nor an e± from a resonance "leptonic".
     is_lepton = np.isin(ap, LEPTONS)
     is_photon = ap == 22
     is_charged_hadron = (charge[product] != 0) & ~is_lepton
@@ -119,8 +124,8 @@ def find_taus(particles: ak.Array, daughters: ak.Array) -> GenTaus:
 
     n_charged = per_tau(is_charged_hadron).astype(np.int64)
     n_neutral = per_tau(is_neutral_hadron).astype(np.int64)
-    n_photons = per_tau(is_photon).astype(np.int64)
-    n_leptons = per_tau(is_lepton).astype(np.int64)
+    n_photons = per_tau(is_photon & direct).astype(np.int64)
+    n_leptons = per_tau(is_lepton & direct).astype(np.int64)
     hadronic = (n_leptons == 0) & (n_charged > 0)
     dm = np.where(hadronic, decay_mode(n_charged, n_neutral, n_photons), -1).astype(np.int8)
     visible = ~is_nu
