@@ -260,7 +260,8 @@ def test_hand_features_sorted_padded_and_masked(hand_shard):
     # Jet 1: five candidates, the four of highest pT kept.
     assert c["n_cand"][1] == 5 and c["cand_mask"][1].all()
     np.testing.assert_allclose(c["cand_pt"][1], [5.0, 4.0, 3.0, 2.0])
-    np.testing.assert_allclose(c["cand_deta"][1], [0.05, 0.04, 0.03, 0.02], rtol=1e-6)
+    # Jet 1 sits at eta 0, which JetClass's convention counts as negative: part_deta turned.
+    np.testing.assert_allclose(c["cand_deta"][1], [-0.05, -0.04, -0.03, -0.02], rtol=1e-6)
     # Jet 4: electron (pT 20) before muon (pT 10); both charged, so both keep their d0.
     np.testing.assert_array_equal(c["cand_isElectron"][2], [1, 0, 0, 0])
     np.testing.assert_array_equal(c["cand_isMuon"][2], [0, 1, 0, 0])
@@ -429,3 +430,25 @@ def test_bad_settings(hand_file, tmp_path, kwargs):
     with pytest.raises(TaufmError):
         ingest_jetclass_file(hand_file, shard, sample="Bad", **kwargs)
     assert_no_output(shard)
+
+
+def test_deta_is_turned_back_from_jetclass_convention(tmp_path):
+    """JetClass stores part_deta times the sign of the jet's eta; shards hold eta - eta_jet."""
+    candidates = [cand(5.0, 0.0, 0.0, 5.1, "ch", charge=1.0, deta=0.2, dphi=0.1)]
+    path = write_jetclass(tmp_path / "Signs_000.root", [jet(candidates, "label_QCD", eta=eta) for eta in (0.8, -0.8)])
+    ingest_jetclass_file(path, tmp_path / "signs.parquet", sample="Signs")
+    shard = read(tmp_path / "signs.parquet")
+    assert shard["cand_deta"][:, 0].tolist() == pytest.approx([0.2, -0.2])
+    assert shard["cand_dphi"][:, 0].tolist() == pytest.approx([0.1, 0.1])
+
+
+def test_simulated_deta_is_the_candidates_eta_minus_the_jets(sim_files):
+    for files in sim_files.values():
+        shard = read(files["shard"])
+        with uproot.open(files["root"]) as f:
+            a = f["tree"].arrays(["part_px", "part_py", "part_pz", "jet_eta"])
+        eta = np.arcsinh(a.part_pz / np.hypot(a.part_px, a.part_py))
+        width = shard["cand_deta"].shape[1]
+        for i, (row, mask) in enumerate(zip(shard["cand_deta"], shard["cand_mask"])):  # both in pT order
+            expected = ak.to_numpy(eta[i] - a.jet_eta[i])[:width]
+            np.testing.assert_allclose(row[mask], expected, atol=3e-4)

@@ -208,6 +208,11 @@ def _labels(path: Path, arrays: ak.Array, label_branches: list[str], first_entry
     return index[np.argmax(values, axis=1)]
 
 
+def jet_eta_sign(jet_eta: np.ndarray) -> np.ndarray:
+    """+1 for jets with eta > 0, else -1: JetClass's part_deta is (eta - eta_jet) times this."""
+    return np.where(np.asarray(jet_eta) > 0, 1.0, -1.0)
+
+
 def _process_chunk(
     path: Path, arrays: ak.Array, first_entry: int, label_branches: list[str], settings: Mapping, basename: str
 ) -> tuple[dict, dict]:
@@ -234,7 +239,10 @@ def _process_chunk(
         mass = np.sqrt(np.maximum(energy**2 - (px**2 + py**2 + pz**2), 0.0))
     charge = part["part_charge"]
     charged = charge != 0
-    deta, dphi = part["part_deta"], part["part_dphi"]
+    # JetClass stores part_deta signed along the jet's eta direction, (eta - eta_jet) times the
+    # sign of eta_jet (its makeNtuples.C); the shards hold eta - eta_jet, as the e+e- shards do.
+    deta = part["part_deta"] * jet_eta_sign(jet["jet_eta"])[np.repeat(np.arange(n_jets), counts)]
+    dphi = part["part_dphi"]
     if not settings["signed_angles"]:
         deta, dphi = np.abs(deta), np.abs(dphi)
     features = {"pt": pt, "mass": mass, "deta": deta, "dphi": dphi, "charge": charge}

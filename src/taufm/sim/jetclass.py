@@ -530,7 +530,8 @@ def jet_branches(reco: RecoEvents, jets: Jets, radius: float, label: str) -> dic
         "py": py,
         "pz": pz,
         "energy": energy,
-        "deta": eta - jet_eta[jet_of],
+        # As JetClass writes it: signed along the jet's eta direction (its makeNtuples.C).
+        "deta": np.where(jet_eta[jet_of] > 0, 1.0, -1.0) * (eta - jet_eta[jet_of]),
         "dphi": _delta_phi(phi, jet_phi[jet_of]),
         "d0val": d0,
         "d0err": d0err,
