@@ -57,6 +57,14 @@ class Event:
         self.add_reco(pdg, (g["px"], g["py"], g["pz"], g["energy"]), charge=charge, d0=0.01 if charge else 0.0)
 
 
+def assert_same_rows(a: dict, b: dict, ignore: tuple[str, ...] = ()) -> None:
+    """Column-by-column equality of two shards read with pyarrow (NaN equals NaN)."""
+    assert set(a) == set(b)
+    for name in a:
+        if name not in ignore:
+            np.testing.assert_array_equal(np.asarray(a[name]), np.asarray(b[name]), err_msg=name)
+
+
 def _charge(pdg: int) -> float:
     return float(np.sign(pdg)) * CHARGE.get(abs(pdg), 0.0)
 

@@ -13,15 +13,9 @@ from taufm.ingest.ee import EEIngestSettings, ingest_ee_file
 from taufm.ingest.shards import LIFETIME_FEATURES
 
 from .edm4hep_events import KNOWN_EVENTS, rewrite_events, write_events
+from .edm4hep_events import assert_same_rows as assert_same_columns
 
 LIFETIME_COLUMNS = [f"cand_{name}" for name in LIFETIME_FEATURES]
-
-
-def assert_same_columns(a: dict, b: dict, ignore=()) -> None:
-    assert set(a) == set(b)
-    for name in a:
-        if name not in ignore:
-            np.testing.assert_array_equal(np.asarray(a[name]), np.asarray(b[name]), err_msg=name)
 
 
 @pytest.fixture(scope="module")

@@ -16,6 +16,7 @@ from taufm.physics.tau import DM_1H0PI0, DM_1H1PI0, DM_3H0PI0, DM_3HNPI0
 
 from .edm4hep_events import (
     KNOWN_EVENTS,
+    assert_same_rows,
     rewrite_events,
     tau_copy_chain,
     tau_to_omega_pi_nu,
@@ -27,14 +28,6 @@ from .edm4hep_events import (
 )
 
 SMALL_CHUNKS = EEIngestSettings(chunk_size=3)
-
-
-def assert_same_rows(a: dict, b: dict, ignore: tuple[str, ...] = ()) -> None:
-    """Column-by-column equality of two shards (NaN equals NaN)."""
-    assert set(a) == set(b)
-    for name in a:
-        if name not in ignore:
-            np.testing.assert_array_equal(np.asarray(a[name]), np.asarray(b[name]), err_msg=name)
 
 
 @pytest.fixture(scope="module")
