@@ -197,3 +197,51 @@ def test_bad_settings_and_inputs_are_named(tmp_path):
     write_shard(tmp_path / "not_tokens.parquet", {"split": np.zeros(2, dtype=np.int8)}, {"token_ids": {}, "tokenizer": {"sha256": "x"}})
     with pytest.raises(TaufmError, match="not_tokens.parquet"):
         pretrain([tmp_path / "not_tokens.parquet"], tmp_path / "out", SETTINGS)
+
+
+def test_best_backbone_holds_the_best_epoch_also_after_a_resume(tmp_path, monkeypatch):
+    """The best epoch is not the last; the outputs are deleted (as Snakemake does before a rerun)
+    and the run resumed from its last checkpoint: backbone_best.pt still holds the best epoch."""
+    import taufm.pretrain.train as module
+
+    write_token_shard(tmp_path / "tokens_000.parquet")
+    losses = iter([1.0, 0.5, 2.0, 3.0])  # best: epoch 1
+    monkeypatch.setattr(module, "validation_loss", lambda *args, **kwargs: next(losses))
+    settings = PretrainSettings(**{**SETTINGS.to_dict(), "epochs": 4})
+    snapshots = {}
+    real_payload = module.backbone_payload
+
+    def remember(backbone, head, vocabulary, extra):
+        payload = real_payload(backbone, head, vocabulary, extra)
+        snapshots.setdefault(extra.get("validation", {}).get("epoch"), payload["backbone"])
+        return payload
+
+    monkeypatch.setattr(module, "backbone_payload", remember)
+    pretrain([tmp_path / "tokens_000.parquet"], tmp_path / "out", settings)
+    best = torch.load(tmp_path / "out" / BEST_BACKBONE_FILE, weights_only=True)
+    assert best["validation"]["epoch"] == 1
+    assert all(torch.equal(best["backbone"][k], snapshots[1][k]) for k in best["backbone"])
+    last = torch.load(tmp_path / "out" / BACKBONE_FILE, weights_only=True)["backbone"]
+    assert not all(torch.equal(best["backbone"][k], last[k]) for k in last)
+
+    for name in (BACKBONE_FILE, BEST_BACKBONE_FILE, HISTORY_FILE, "model_config.json"):
+        (tmp_path / "out" / name).unlink()
+    pretrain([tmp_path / "tokens_000.parquet"], tmp_path / "out", settings)
+    for name in (BACKBONE_FILE, BEST_BACKBONE_FILE, HISTORY_FILE, "model_config.json"):
+        assert (tmp_path / "out" / name).stat().st_size > 0, name
+    again = torch.load(tmp_path / "out" / BEST_BACKBONE_FILE, weights_only=True)
+    assert again["validation"] == best["validation"]
+    assert all(torch.equal(again["backbone"][k], best["backbone"][k]) for k in best["backbone"])
+    assert len(_history(tmp_path / "out" / HISTORY_FILE)) == 4
+
+
+def test_pretraining_on_other_shards_starts_afresh(pretrained, tmp_path, caplog):
+    import shutil
+
+    d, _ = pretrained
+    shutil.copytree(d / "out", tmp_path / "out")
+    write_token_shard(tmp_path / "tokens_000.parquet", seed=1)
+    with caplog.at_level("WARNING"):
+        pretrain([tmp_path / "tokens_000.parquet"], tmp_path / "out", SETTINGS)
+    assert "written with other input shards: starting afresh" in caplog.text
+    assert len(_history(tmp_path / "out" / HISTORY_FILE)) == SETTINGS.epochs

@@ -229,3 +229,49 @@ def test_bad_inputs_are_named(trained, tmp_path):
     with pytest.raises(TaufmError, match="junk.pt"):
         load_tokenizer(tmp_path / "junk.pt")
     assert not (tmp_path / "t.parquet").exists()
+
+
+def test_a_finished_run_rerun_after_its_outputs_were_deleted_writes_them_again(trained, tmp_path):
+    """Snakemake deletes a job's outputs before rerunning it (e.g. --forcerun): the resumed run,
+    with no epoch left, must still write every output, the best epoch's model included."""
+    import shutil
+
+    import taufm.tokenizer.train as train_module
+
+    d, settings, _ = trained
+    shutil.copytree(d / "out", tmp_path / "out")
+    for name in (train_module.MODEL_FILE, train_module.HISTORY_FILE, train_module.SUMMARY_FILE):
+        (tmp_path / "out" / name).unlink()
+    summary = train_tokenizer([d / "jets_000.parquet"], tmp_path / "out", settings)
+    for name in (train_module.MODEL_FILE, train_module.HISTORY_FILE, train_module.SUMMARY_FILE):
+        assert (tmp_path / "out" / name).stat().st_size > 0, name
+    first = torch.load(d / "out" / train_module.MODEL_FILE, weights_only=True)
+    again = torch.load(tmp_path / "out" / train_module.MODEL_FILE, weights_only=True)
+    assert all(torch.equal(first["model"][k], again["model"][k]) for k in first["model"])
+    assert again["validation"] == first["validation"] and summary["best_epoch"] == first["validation"]["epoch"]
+    assert (tmp_path / "out" / train_module.HISTORY_FILE).read_text() == (d / "out" / train_module.HISTORY_FILE).read_text()
+
+
+def test_a_checkpoint_of_other_inputs_or_code_is_not_resumed(trained, tmp_path, monkeypatch, caplog):
+    import shutil
+
+    import taufm.provenance
+    import taufm.tokenizer.train as train_module
+
+    d, settings, _ = trained
+    shutil.copytree(d / "out", tmp_path / "out")
+    # Same settings, other input shard: the old checkpoint (at its last epoch) must not be taken.
+    write_synthetic_shard(tmp_path / "jets_000.parquet", n_jets=800, seed=1, splits=(0, 0, 0, 0, 0, 0, 1, 2))
+    with caplog.at_level("WARNING"):
+        train_tokenizer([tmp_path / "jets_000.parquet"], tmp_path / "out", settings)
+    assert "written with other input shards: starting afresh" in caplog.text
+    first = torch.load(d / "out" / train_module.MODEL_FILE, weights_only=True)["model"]
+    other = torch.load(tmp_path / "out" / train_module.MODEL_FILE, weights_only=True)["model"]
+    assert not all(torch.equal(first[k], other[k]) for k in first), "trained on the new shard"
+    assert len((tmp_path / "out" / train_module.HISTORY_FILE).read_text().splitlines()) == 1 + settings.epochs
+
+    caplog.clear()
+    monkeypatch.setattr(taufm.provenance, "stage_source_hash", lambda stage, root=None: "edited")
+    with caplog.at_level("WARNING"):
+        train_tokenizer([tmp_path / "jets_000.parquet"], tmp_path / "out", settings)
+    assert "written with other taufm code: starting afresh" in caplog.text

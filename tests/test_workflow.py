@@ -63,11 +63,23 @@ def smoke_input_globs(results: Path) -> dict[str, dict[str, list[str]]]:
     return {"future": future, "jetclass": jetclass}
 
 
+# A results directory with a space and a shell command substitution in its name: every path
+# in every rule's command must be quoted (an unquoted one breaks the job or runs the command).
+INJECTION_MARK = "taufm-injected"
+ODD_RESULTS_NAME = f"results dir $(touch {INJECTION_MARK})"
+
+
 @pytest.fixture(scope="session")
 def smoke_run(tmp_path_factory):
-    results = tmp_path_factory.mktemp("smoke") / "results"
+    results = tmp_path_factory.mktemp("smoke") / ODD_RESULTS_NAME
     snakemake("--config", f"results_dir={results}")
     return results
+
+
+def test_paths_with_spaces_and_dollars_are_quoted_in_every_rule(smoke_run):
+    assert smoke_run.name == ODD_RESULTS_NAME and (smoke_run / "metrics.parquet").exists()
+    for directory in (ROOT, smoke_run, smoke_run.parent, Path.cwd()):
+        assert not list(directory.rglob(INJECTION_MARK)), f"a rule ran the substitution in {directory}"
 
 
 def test_smoke_run_produces_every_output(smoke_run):

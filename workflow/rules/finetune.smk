@@ -19,8 +19,8 @@ rule finetune:
     params:
         code=CODE["finetune"],
         settings=finetune_settings(),
-        shards=lambda wildcards: " ".join(f"{name}={s}" for name, files in finetune_shards(wildcards).items() for s in files),
-        backbone=lambda wildcards: "" if wildcards.strategy == "part" else f"--backbone {result(f'{paths.PRETRAIN_DIR}/backbone_best.pt')}",
+        shards=lambda wildcards: [f"{name}={s}" for name, files in finetune_shards(wildcards).items() for s in files],
+        backbone=lambda wildcards: [] if wildcards.strategy == "part" else ["--backbone", result(f"{paths.PRETRAIN_DIR}/backbone_best.pt")],
         output_dir=lambda wildcards, output: str(Path(output[0]).parent),
     log:
         result(paths.LOGS.format(stage="finetune", name="{task}_{strategy}_n{size}_seed{seed}")),
@@ -35,5 +35,5 @@ rule finetune:
         gpu=1 if FINETUNE["device"] != "cpu" else 0,
     shell:
         "taufm finetune --task {wildcards.task} --strategy {wildcards.strategy} --size {wildcards.size}"
-        " --seed {wildcards.seed} {params.backbone} --settings {params.settings:q}"
-        " --output-dir {params.output_dir:q} --threads {threads} {params.shards} 2> {log:q}"
+        " --seed {wildcards.seed} {params.backbone:q} --settings {params.settings:q}"
+        " --output-dir {params.output_dir:q} --threads {threads} {params.shards:q} 2> {log:q}"

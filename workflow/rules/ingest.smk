@@ -75,5 +75,5 @@ rule dataquality:
         mem_mb=2000,
         runtime=20,
     shell:
-        "taufm dataquality --sample {wildcards.dq_sample} --kind {params.kind}"
+        "taufm dataquality --sample {wildcards.dq_sample} --kind {params.kind:q}"
         " --output-stem {params.stem:q} {input:q} 2> {log:q}"

@@ -43,9 +43,9 @@ rule simulate_jetclass:
         seed=config["simulate"]["seed"],
         sqrt_s=SIM_JETCLASS["sqrt_s"],
         pthat_min=lambda wildcards: (
-            f"--pthat-min {SIM_JETCLASS['pthat_min'][wildcards.process]}"
+            ["--pthat-min", str(SIM_JETCLASS["pthat_min"][wildcards.process])]
             if wildcards.process in SIM_JETCLASS["pthat_min"]
-            else ""
+            else []
         ),
         mpi="--mpi" if SIM_JETCLASS["multiparton_interactions"] else "--no-mpi",
         jet=as_json(SIM_JETCLASS["jet"]),
@@ -62,5 +62,5 @@ rule simulate_jetclass:
         runtime=120,
     shell:
         "taufm simulate-jetclass --process {wildcards.process} --shard {wildcards.shard}"
-        " --jets {params.jets} --seed {params.seed} --sqrt-s {params.sqrt_s} {params.pthat_min}"
-        " {params.mpi} --jet {params.jet:q} --detector {params.detector:q} --output {output:q} 2> {log:q}"
+        " --jets {params.jets} --seed {params.seed} --sqrt-s {params.sqrt_s} {params.pthat_min:q}"
+        " {params.mpi:q} --jet {params.jet:q} --detector {params.detector:q} --output {output:q} 2> {log:q}"

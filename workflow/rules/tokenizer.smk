@@ -41,7 +41,7 @@ rule tokenizer_checks:
         [result(f"{paths.TOKENIZER_FIGURES}/{stem}.{ext}") for stem in paths.TOKENIZER_FIGURE_STEMS for ext in ("png", "pdf")],
     params:
         code=CODE["tokenizer_checks"],
-        future=lambda wildcards: " ".join(f"{name}={s}" for name in FUTURE_SAMPLES for s in ingested_shards(name)),
+        future=lambda wildcards: [f"{name}={s}" for name in FUTURE_SAMPLES for s in ingested_shards(name)],
         output_dir=lambda wildcards, output: str(Path(output[0]).parent),
         split=TOKENIZER["checks"]["split"],
         max_jets=TOKENIZER["checks"]["max_jets"],
@@ -55,7 +55,7 @@ rule tokenizer_checks:
         runtime=30,
     shell:
         "taufm tokenizer-checks --tokenizer {input.model:q} --jetclass {input.jetclass:q}"
-        " --future {params.future} --output-dir {params.output_dir:q} --split {params.split}"
+        " --future {params.future:q} --output-dir {params.output_dir:q} --split {params.split:q}"
         " --max-jets {params.max_jets} --threads {threads} 2> {log:q}"
 
 

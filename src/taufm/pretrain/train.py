@@ -24,12 +24,26 @@ import torch
 import torch.distributed as dist
 
 from taufm import paths
-from taufm.config import config_hash, reject_unknown_keys, settings_from_mapping
+from taufm.config import reject_unknown_keys, settings_from_mapping
 from taufm.errors import TaufmError
 from taufm.io import atomic_output
 from taufm.models.gpt import GPTBackbone, GPTConfig, NextTokenHead, next_token_loss_from_embeddings
 from taufm.pretrain.data import TokenBatches, token_vocabulary
-from taufm.train.runtime import History, autocast, load_checkpoint, load_state_strict, resumable_state, rng_state, save_checkpoint, seed_everything, select_device, set_rng_state, warmup_cosine
+from taufm.train.runtime import (
+    History,
+    autocast,
+    cpu_copy,
+    load_checkpoint,
+    load_state_strict,
+    resumable_state,
+    rng_state,
+    run_identity,
+    save_checkpoint,
+    seed_everything,
+    select_device,
+    set_rng_state,
+    warmup_cosine,
+)
 
 log = logging.getLogger(__name__)
 
@@ -121,8 +135,8 @@ def backbone_payload(backbone: GPTBackbone, head: NextTokenHead, vocabulary: Map
     config = backbone.config.to_dict()
     return {
         "config": {"model": config, "vocab_size": config["vocab_size"], "dim": config["dim"], "n_blocks": config["n_blocks"], "tokenizer_sha256": vocabulary["tokenizer_sha256"], "token_ids": dict(vocabulary["token_ids"])},
-        "backbone": {k: v.detach().cpu() for k, v in backbone.state_dict().items()},
-        "head": {k: v.detach().cpu() for k, v in head.state_dict().items()},
+        "backbone": cpu_copy(backbone.state_dict()),
+        "head": cpu_copy(head.state_dict()),
         **extra,
     }
 
@@ -146,7 +160,7 @@ def pretrain(shards: Sequence[str | Path], output_dir: str | Path, settings: Pre
     ddp, device = _start_distributed(settings.device)
     vocabulary = token_vocabulary(shards)
     config = GPTConfig(vocab_size=vocabulary["token_ids"]["vocabulary_size"], max_length=settings.max_length, **settings.model)
-    identity = {"settings_hash": config_hash({**settings.to_dict(), "world_size": ddp.world_size, "vocabulary": vocabulary})}
+    identity = run_identity("pretrain", {**settings.to_dict(), "world_size": ddp.world_size, "vocabulary": vocabulary}, shards)
 
     seed_everything(settings.seed)
     backbone, head = GPTBackbone(config).to(device), NextTokenHead(config).to(device)
@@ -161,18 +175,18 @@ def pretrain(shards: Sequence[str | Path], output_dir: str | Path, settings: Pre
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, total_steps, settings.warmup_steps, settings.min_learning_rate_ratio))
     history = History(output_dir / HISTORY_FILE)
     position = {"epoch": 0, "step_in_epoch": 0, "global_step": 0}
-    best = {"val_loss": math.inf}
+    best, best_payload = {"val_loss": math.inf}, None
     epoch_sums = torch.zeros(2, dtype=torch.float64)
 
     last = output_dir / LAST_CHECKPOINT
-    state = resumable_state(last, identity["settings_hash"]) if resume else None
+    state = resumable_state(last, identity) if resume else None
     if state is not None:
         load_state_strict(backbone, state["backbone"], last)
         load_state_strict(head, state["head"], last)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"])
-        position, best = dict(state["position"]), dict(state["best"])
+        position, best, best_payload = dict(state["position"]), dict(state["best"]), state["best_payload"]
         epoch_sums = state["epoch_sums"].double()
         history = History(output_dir / HISTORY_FILE, state["history"])
         log.info("resuming from %s at epoch %d, step %d", last, position["epoch"], position["step_in_epoch"])
@@ -196,6 +210,7 @@ def pretrain(shards: Sequence[str | Path], output_dir: str | Path, settings: Pre
                     "rng": rng_state(),
                     "position": dict(position),
                     "best": dict(best),
+                    "best_payload": best_payload,
                     "epoch_sums": epoch_sums.clone(),
                     "history": history.rows,
                 },
@@ -243,16 +258,22 @@ def pretrain(shards: Sequence[str | Path], output_dir: str | Path, settings: Pre
             log.info("epoch %d: train %.4f, val %.4f", epoch, row["train_loss"], val_loss)
         if val_loss < best["val_loss"]:
             best = {"val_loss": val_loss, "epoch": epoch}
-            if ddp.main:
-                save_checkpoint(output_dir / BEST_BACKBONE_FILE, backbone_payload(backbone, head, vocabulary, {"validation": dict(best)}))
+            if ddp.main:  # only the main process writes files: only it keeps a copy
+                best_payload = backbone_payload(backbone, head, vocabulary, {"validation": dict(best)})
+                save_checkpoint(output_dir / BEST_BACKBONE_FILE, best_payload)
         position = {"epoch": epoch + 1, "step_in_epoch": 0, "global_step": position["global_step"]}
         epoch_sums = torch.zeros(2, dtype=torch.float64)
         checkpoint()
 
     summary = {"best": best, "epochs": settings.epochs, "steps": position["global_step"], "world_size": ddp.world_size, "device": str(device), "vocab_size": config.vocab_size}
     if ddp.main:
-        if not (output_dir / BEST_BACKBONE_FILE).exists():  # no validation jets: the last weights are the best we have
-            save_checkpoint(output_dir / BEST_BACKBONE_FILE, backbone_payload(backbone, head, vocabulary, {"validation": dict(best)}))
+        # Every declared output, also when a resumed run had nothing left to train (the workflow
+        # deletes a job's outputs before rerunning it). The best file holds the best epoch's
+        # weights; without validation jets (no best epoch) the last weights are the best we have.
+        history.write()
+        if best_payload is None:
+            best_payload = backbone_payload(backbone, head, vocabulary, {"validation": dict(best)})
+        save_checkpoint(output_dir / BEST_BACKBONE_FILE, best_payload)
         save_checkpoint(output_dir / BACKBONE_FILE, backbone_payload(backbone, head, vocabulary, {"summary": summary}))
         with atomic_output(output_dir / MODEL_CONFIG_FILE) as tmp:
             tmp.write_text(json.dumps({"model": config.to_dict(), "settings": settings.to_dict(), **summary}, indent=2, sort_keys=True, default=str) + "\n")

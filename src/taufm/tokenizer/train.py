@@ -21,13 +21,27 @@ import torch
 
 from taufm.data import CANDIDATE_FEATURE_COLUMNS, candidate_arrays, read_shards
 from taufm import paths
-from taufm.config import config_hash, reject_unknown_keys, settings_from_mapping
+from taufm.config import reject_unknown_keys, settings_from_mapping
 from taufm.errors import TaufmError
 from taufm.ingest.shards import MASK_COLUMN
 from taufm.io import atomic_output
 from taufm.models.vqvae import VQVAE, VQVAEConfig, reconstruction_losses
 from taufm.tokenizer.preprocessing import Preprocessing
-from taufm.train.runtime import History, autocast, load_checkpoint, load_state_strict, resumable_state, rng_state, save_checkpoint, seed_everything, select_device, set_rng_state, warmup_cosine
+from taufm.train.runtime import (
+    History,
+    autocast,
+    cpu_copy,
+    load_checkpoint,
+    load_state_strict,
+    resumable_state,
+    rng_state,
+    run_identity,
+    save_checkpoint,
+    seed_everything,
+    select_device,
+    set_rng_state,
+    warmup_cosine,
+)
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +148,7 @@ def train_tokenizer(shards: Sequence[str | Path], output_dir: str | Path, settin
     device = select_device(settings.device)
     preprocessing = Preprocessing(**settings.preprocessing)
     config = settings.model_config(preprocessing)
-    identity = {"settings_hash": config_hash(settings.to_dict())}
+    identity = run_identity("tokenizer", settings.to_dict(), shards)
 
     seed_everything(settings.seed)
     train_np = preprocessing.model_inputs(*load_jets(shards, "train", settings.max_candidates, settings.max_train_jets, settings.seed))
@@ -156,16 +170,16 @@ def train_tokenizer(shards: Sequence[str | Path], output_dir: str | Path, settin
     total_steps = steps_per_epoch * settings.epochs
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, total_steps, min(100, total_steps // 10 + 1), 0.05))
     history = History(output_dir / HISTORY_FILE)
-    start_epoch, best = 0, {"reconstruction": math.inf}
+    start_epoch, best, best_payload = 0, {"reconstruction": math.inf}, None
 
     last = output_dir / LAST_CHECKPOINT
-    state = resumable_state(last, identity["settings_hash"]) if resume else None
+    state = resumable_state(last, identity) if resume else None
     if state is not None:
         load_state_strict(model, state["model"], last)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"])
-        start_epoch, best = int(state["epoch"]) + 1, dict(state["best"])
+        start_epoch, best, best_payload = int(state["epoch"]) + 1, dict(state["best"]), state["best_payload"]
         history = History(output_dir / HISTORY_FILE, state["history"])
         log.info("resuming from %s after epoch %d", last, start_epoch - 1)
 
@@ -208,7 +222,8 @@ def train_tokenizer(shards: Sequence[str | Path], output_dir: str | Path, settin
         # The kept model is the one that reconstructs validation jets best.
         if metrics["reconstruction"] < best["reconstruction"]:
             best = {"epoch": epoch, **metrics}
-            save_checkpoint(output_dir / MODEL_FILE, tokenizer_payload(model, preprocessing, settings, best))
+            best_payload = tokenizer_payload(model, preprocessing, settings, best)
+            save_checkpoint(output_dir / MODEL_FILE, best_payload)
         save_checkpoint(
             last,
             {
@@ -219,9 +234,16 @@ def train_tokenizer(shards: Sequence[str | Path], output_dir: str | Path, settin
                 "rng": rng_state(),
                 "epoch": epoch,
                 "best": best,
+                "best_payload": best_payload,
                 "history": history.rows,
             },
         )
+    # Every declared output, also when a resumed run had no epoch left to train (the workflow
+    # deletes a job's outputs before rerunning it); the kept model is the best epoch's.
+    history.write()
+    if best_payload is None:
+        raise TaufmError("no epoch reached a finite validation reconstruction loss; no tokenizer to keep")
+    save_checkpoint(output_dir / MODEL_FILE, best_payload)
     summary = {
         "best_epoch": best.get("epoch"),
         "val_best": {k: v for k, v in best.items() if k != "epoch"},
@@ -239,7 +261,7 @@ def train_tokenizer(shards: Sequence[str | Path], output_dir: str | Path, settin
 def tokenizer_payload(model: VQVAE, preprocessing: Preprocessing, settings: TokenizerSettings, best: Mapping) -> dict:
     return {
         "config": {"model": model.config.to_dict(), "preprocessing": preprocessing.to_dict(), "codebook_size": model.config.codebook_size},
-        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "model": cpu_copy(model.state_dict()),
         "validation": {k: float(v) for k, v in best.items()},
     }
 

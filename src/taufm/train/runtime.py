@@ -2,14 +2,17 @@
 
 Checkpoints are plain ``torch.save`` dictionaries of tensors, numbers, strings and lists, loaded
 back with ``weights_only=True`` (no pickled code runs on load), written atomically. A checkpoint
-carries the model and optimiser states, the epoch, the RNG states and the configuration, so a
-run restarted with the same command continues exactly where it stopped.
+carries the model and optimiser states, the epoch, the RNG states, the weights of the best epoch
+so far and the run's identity (settings, input contents, code), so a run restarted with the same
+command on the same inputs continues exactly where it stopped, and one on anything else starts
+afresh.
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
+import hashlib
 import io
 import logging
 import math
@@ -20,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from taufm.config import config_hash
 from taufm.errors import TaufmError
 from taufm.io import atomic_output
 
@@ -86,15 +90,45 @@ def warmup_cosine(step: int, total: int, warmup: int, floor: float) -> float:
     return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def resumable_state(path: Path, settings_hash: str) -> dict | None:
-    """The last checkpoint of this very run, or None (none yet, or one from other settings)."""
+def files_sha256(paths: Sequence[str | Path]) -> str:
+    """SHA-256 of the contents of ``paths``, in their order (the names do not enter)."""
+    digest = hashlib.sha256()
+    for path in paths:
+        file_digest = hashlib.sha256()
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 22), b""):
+                file_digest.update(block)
+        digest.update(file_digest.digest())
+    return digest.hexdigest()
+
+
+def run_identity(stage: str, settings: Mapping, inputs: Sequence[str | Path]) -> dict[str, str]:
+    """What a checkpoint must match to be resumed: the settings, the inputs' contents and the
+    source hash of the stage's code (:data:`taufm.provenance.STAGE_SOURCES`)."""
+    from taufm.provenance import stage_source_hash
+
+    return {"settings_hash": config_hash(settings), "inputs_hash": files_sha256(inputs), "code_hash": stage_source_hash(stage)}
+
+
+_IDENTITY_PARTS = {"settings_hash": "other settings", "inputs_hash": "other input shards", "code_hash": "other taufm code"}
+
+
+def resumable_state(path: Path, identity: Mapping[str, str]) -> dict | None:
+    """The last checkpoint of this very run (same settings, inputs and code), or None: none
+    yet, or one of another run, which is then not resumed (a log line says why)."""
     if not path.exists():
         return None
     state = load_checkpoint(path)
-    if state["config"].get("settings_hash") != settings_hash:
-        log.warning("%s belongs to other settings: starting afresh", path)
+    differs = [why for key, why in _IDENTITY_PARTS.items() if state["config"].get(key) != identity.get(key)]
+    if differs:
+        log.warning("%s was written with %s: starting afresh", path, " and ".join(differs))
         return None
     return state
+
+
+def cpu_copy(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A detached CPU copy of a state dict (one that later training steps do not change)."""
+    return {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
 
 
 def save_checkpoint(path: str | Path, payload: Mapping) -> None:
