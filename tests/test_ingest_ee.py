@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import awkward as ak
+
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
@@ -292,16 +294,19 @@ def test_a_prompt_electron_cleans_the_jet_it_sits_in(tmp_path):
         assert len(table["label"]) == jets, mode
 
 
-def test_negative_daughter_index_is_an_error(tmp_path):
-    write_events(tmp_path / "good.root", [tau_to_pi_nu()])
+@pytest.mark.parametrize("bad, message", [(-2, "negative index -2"), (40, "index 40 past the 3 elements it points into")])
+def test_daughter_index_out_of_range_is_an_error_naming_the_event(tmp_path, bad, message):
+    write_events(tmp_path / "good.root", [tau_to_rho_nu(), tau_to_pi_nu()])
     with uproot.open(tmp_path / "good.root") as f:
         leaves = [k for k in f["events"].keys() if not k.startswith("n")]
         arrays = f["events"].arrays(filter_name=lambda name: name in set(leaves))
     out = {k: arrays[k] for k in leaves}
-    out["MCParticles#1.index"] = out["MCParticles#1.index"] * 0 - 2
-    with uproot.recreate(tmp_path / "negative.root") as f:
+    daughters = out["MCParticles#1.index"].tolist()
+    daughters[1][0] = bad  # event 1: the tau's first daughter
+    out["MCParticles#1.index"] = ak.values_astype(ak.Array(daughters), np.int32)
+    with uproot.recreate(tmp_path / "bad.root") as f:
         f.mktree("events", {k: v.type for k, v in out.items()})
         f["events"].extend(out)
-    with pytest.raises(TaufmError, match=r"negative.root: MCParticles#1.index: negative index -2"):
-        ingest_ee_file(tmp_path / "negative.root", tmp_path / "out.parquet", sample="t")
+    with pytest.raises(TaufmError, match=rf"bad.root: MCParticles#1.index: {message} \(event 1\)"):
+        ingest_ee_file(tmp_path / "bad.root", tmp_path / "out.parquet", sample="t")
     assert _no_output(tmp_path)

@@ -283,20 +283,36 @@ def _with_tracks(layout: FileLayout, tracks: str, style: str, leaves: set[str], 
     )
 
 
-def relation_lists(begin: ak.Array, end: ak.Array, index: ak.Array, what: str = "relation") -> ak.Array:
-    """Per event, per element: the related indices, from podio's begin/end and index vector."""
+def relation_lists(
+    begin: ak.Array, end: ak.Array, index: ak.Array, what: str = "relation", event_number: np.ndarray | None = None, n_targets: np.ndarray | None = None
+) -> ak.Array:
+    """Per event, per element: the related indices, from podio's begin/end and index vector.
+
+    Ranges outside the index vector, negative indices and (with ``n_targets``, the size of the
+    related collection per event) indices past its end are errors naming ``what`` and the event.
+    """
     counts = ak.to_numpy(ak.num(begin))
+    events = np.arange(len(counts)) if event_number is None else np.asarray(event_number)
+    element_event = np.repeat(np.arange(len(counts)), counts)
     b = ak.to_numpy(ak.flatten(begin)).astype(np.int64)
     e = ak.to_numpy(ak.flatten(end)).astype(np.int64)
     idx_counts = ak.to_numpy(ak.num(index))
     idx_start = np.repeat(np.cumsum(idx_counts) - idx_counts, counts)
     flat_index = ak.to_numpy(ak.flatten(index)).astype(np.int64)
-    if np.any(b > e) or np.any(e > np.repeat(idx_counts, counts)):
-        raise TaufmError(f"{what}: begin/end ranges point outside their index vector")
+    bad_range = (b > e) | (e > np.repeat(idx_counts, counts))
+    if bad_range.any():
+        raise TaufmError(f"{what}: begin/end ranges point outside their index vector (event {events[element_event[np.argmax(bad_range)]]})")
     owner, position = expand_ranges(b + idx_start, e + idx_start)
     values = flat_index[position]
+    value_event = element_event[owner]
     if len(values) and values.min() < 0:
-        raise TaufmError(f"{what}: negative index {values.min()}")
+        first = int(np.argmax(values < 0))
+        raise TaufmError(f"{what}: negative index {values[first]} (event {events[value_event[first]]})")
+    if n_targets is not None and len(values):
+        beyond = values >= np.asarray(n_targets)[value_event]
+        if beyond.any():
+            first = int(np.argmax(beyond))
+            raise TaufmError(f"{what}: index {values[first]} past the {n_targets[value_event[first]]} elements it points into (event {events[value_event[first]]})")
     lengths = np.bincount(owner, minlength=len(b))
     return ak.unflatten(ak.unflatten(values, lengths), counts)
 
@@ -414,12 +430,17 @@ def _chunk(arrays: ak.Array, layout: FileLayout, path: Path, entry_start: int) -
             "energy": np.sqrt(px**2 + py**2 + pz**2 + mass**2),
         }
     )
+    n_gen = ak.to_numpy(ak.num(gen))
+    if np.any(ak.to_numpy(ak.num(arrays[f"{mc}.daughters_begin"])) != n_gen):
+        raise TaufmError(f"{path}: {mc}.daughters_begin does not hold one value per particle")
     daughters = relation_lists(
-        arrays[f"{mc}.daughters_begin"], arrays[f"{mc}.daughters_end"], arrays[layout.mc_daughters_index], f"{path}: {layout.mc_daughters_index}"
+        arrays[f"{mc}.daughters_begin"],
+        arrays[f"{mc}.daughters_end"],
+        arrays[layout.mc_daughters_index],
+        f"{path}: {layout.mc_daughters_index}",
+        event_number=event_number,
+        n_targets=n_gen,
     )
-    n_gen = ak.num(gen)
-    if ak.any(ak.num(daughters) != n_gen) or ak.any(ak.max(ak.flatten(daughters, axis=2), axis=1, mask_identity=False) >= n_gen):
-        raise TaufmError(f"{path}: {layout.mc_daughters_index} points outside {mc}")
 
     track = _track_parameters(arrays, layout, path)
     reco = ak.zip(
