@@ -111,3 +111,49 @@ def test_the_cli_records_a_command_that_succeeds_and_nothing_for_one_that_fails(
     assert main(["loss-curve", "--history", str(tmp_path / "missing.csv"), "--output-stem", str(tmp_path / "figs" / "other")]) == 2
     assert "missing.csv: cannot read the training history" in capsys.readouterr().err
     assert sorted(p.name for p in (tmp_path / "figs" / "provenance").iterdir()) == ["curve.json"]
+
+
+def test_stage_sources_follow_the_import_graph(tmp_path):
+    from taufm.provenance import import_closure
+
+    pkg = tmp_path / "taufm"
+    (pkg / "stage").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "stage" / "__init__.py").write_text("")
+    (pkg / "stage" / "run.py").write_text("from taufm.helpers import tool\n\ndef main():\n    from . import late\n    import taufm.deep.module\n")
+    (pkg / "stage" / "late.py").write_text("from .sibling import VALUE\n")
+    (pkg / "stage" / "sibling.py").write_text("VALUE = 1\n")
+    (pkg / "helpers.py").write_text("def tool(): pass\n")
+    (pkg / "deep").mkdir()
+    (pkg / "deep" / "module.py").write_text("")
+    (pkg / "unused.py").write_text("")
+    closure = import_closure(["taufm.stage.run"], root=pkg)
+    assert closure == ["__init__", "deep/module", "helpers", "stage/__init__", "stage/late", "stage/run", "stage/sibling"]
+
+
+def test_every_import_of_a_stage_is_in_its_hash():
+    """The edges a hand-written list missed: ingestion imports taufm.sim.jetclass (the JetClass
+    labels) and taufm.physics.leptons; the data-quality figures use taufm.physics.tau."""
+    from taufm.provenance import STAGE_SOURCES
+
+    assert {"sim/jetclass", "physics/leptons", "physics/tau", "ingest/edm4hep"} <= set(STAGE_SOURCES["ingest"])
+    assert "physics/tau" in STAGE_SOURCES["dataquality"]
+    assert all("provenance" not in s and "cli" != s for sources in STAGE_SOURCES.values() for s in sources)
+
+
+def test_each_command_runs_only_modules_of_its_stage():
+    """What the CLI imports for a command must lie in the hash of the stage it records: an entry
+    module missing from STAGE_ENTRY_MODULES fails here."""
+    import ast
+    from pathlib import Path
+
+    import taufm.cli
+    from taufm.provenance import PACKAGE_ROOT, STAGE_SOURCES
+
+    handlers = {node.name: node for node in ast.walk(ast.parse(Path(taufm.cli.__file__).read_text())) if isinstance(node, ast.FunctionDef)}
+    for command, stage in taufm.cli.COMMAND_STAGES.items():
+        handler = handlers[f"_cmd_{command.replace('-', '_')}"]
+        imported = {node.module for node in ast.walk(handler) if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("taufm.")}
+        modules = {name.removeprefix("taufm.").replace(".", "/") for name in imported}
+        modules = {m for m in modules if (PACKAGE_ROOT / f"{m}.py").is_file() and m != "provenance"}
+        assert modules and modules <= set(STAGE_SOURCES[stage]), (command, modules - set(STAGE_SOURCES[stage]))

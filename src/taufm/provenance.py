@@ -13,6 +13,7 @@ shape the results, the device, the host and the Slurm job.
 
 from __future__ import annotations
 
+import ast
 import datetime
 import hashlib
 import importlib.metadata
@@ -22,7 +23,7 @@ import platform
 import socket
 import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,20 +33,85 @@ PACKAGE_ROOT = Path(__file__).resolve().parent
 
 # Modules every stage runs.
 SHARED_SOURCES = ("errors", "io", "config", "arrays", "paths")
-# The package sources (modules or subpackages, relative to taufm/) each stage runs. Figures are
-# drawn only by figure stages, so a style edit (plots/style.py) never reruns a training stage.
-STAGE_SOURCES: Mapping[str, tuple[str, ...]] = {
-    "simulate": ("sim",),
-    "ingest": ("ingest", "physics"),
-    "dataquality": ("plots/dataquality", "plots/style"),
-    "tokenizer": ("tokenizer", "models/vqvae", "models/masking", "train", "data", "ingest/shards"),
-    "tokenizer_checks": ("plots/tokenizer_checks", "plots/style", "tokenizer", "models/vqvae", "models/masking", "data"),
-    "pretrain": ("pretrain", "models/gpt", "models/masking", "train", "data", "ingest/shards"),
-    "finetune": ("finetune", "models", "train", "data", "pretrain", "tokenizer/preprocessing", "ingest/shards", "physics"),
-    "metrics": ("evaluate/metrics", "physics"),
-    "figures": ("plots/paper_figures", "plots/training", "plots/style"),
-    "embeddings": ("evaluate/embeddings", "models/gpt", "models/masking", "pretrain", "plots/style", "data"),
+# The modules each stage's commands call (what taufm.cli imports for them). Everything these
+# import, directly or inside a function, belongs to the stage: STAGE_SOURCES follows the import
+# graph, so a new import can never be forgotten. Figures are drawn only by figure stages, so a
+# style edit (plots/style.py) never reruns a training stage.
+STAGE_ENTRY_MODULES: Mapping[str, tuple[str, ...]] = {
+    "simulate": ("taufm.sim.ee", "taufm.sim.jetclass", "taufm.sim.detector"),
+    "ingest": ("taufm.ingest.ee", "taufm.ingest.jetclass"),
+    "dataquality": ("taufm.plots.dataquality",),
+    "tokenizer": ("taufm.tokenizer.train", "taufm.tokenizer.tokenize"),
+    "tokenizer_checks": ("taufm.plots.tokenizer_checks",),
+    "pretrain": ("taufm.pretrain.train",),
+    "finetune": ("taufm.finetune.train",),
+    "metrics": ("taufm.evaluate.metrics",),
+    "figures": ("taufm.plots.paper_figures", "taufm.plots.training"),
+    "embeddings": ("taufm.evaluate.embeddings",),
 }
+# Modules that record what ran but never change a result: outside every stage's hash.
+NOT_RESULT_MODULES = ("taufm.provenance", "taufm.cli")
+
+
+def module_file(module: str, root: Path | None = None) -> Path | None:
+    """The source file of a ``taufm.…`` module (a package's ``__init__.py``), or None."""
+    root = root or PACKAGE_ROOT
+    parts = module.split(".")[1:]
+    path = root.joinpath(*parts) if parts else root
+    if path.with_suffix(".py").is_file():
+        return path.with_suffix(".py")
+    if (path / "__init__.py").is_file():
+        return path / "__init__.py"
+    return None
+
+
+def imported_modules(path: Path, module: str) -> set[str]:
+    """The ``taufm`` modules one source file imports, at top level or inside functions."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:  # relative: from the package this file is in
+                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1])
+                source = f"{base}.{node.module}" if node.module else base
+            else:
+                source = node.module or ""
+            found.add(source)
+            found.update(f"{source}.{alias.name}" for alias in node.names)  # names that are submodules
+    return {name for name in found if name == "taufm" or name.startswith("taufm.")}
+
+
+def import_closure(modules: Sequence[str], root: Path | None = None) -> list[str]:
+    """Every ``taufm`` module ``modules`` run (their imports, transitively, and the packages
+    that hold them), as paths relative to the package without ``.py``; sorted."""
+    root = root or PACKAGE_ROOT
+    seen: set[str] = set()
+    stack = list(modules)
+    while stack:
+        module = stack.pop()
+        if module in seen or module in NOT_RESULT_MODULES:
+            continue
+        path = module_file(module, root)
+        if path is None:
+            continue  # a name imported from a module, not a module
+        seen.add(module)
+        parents = [".".join(module.split(".")[:i]) for i in range(1, module.count(".") + 1)]
+        stack.extend(parents)
+        stack.extend(imported_modules(path, module))
+    files = {module_file(m, root).relative_to(root).with_suffix("").as_posix() for m in seen}
+    return sorted(files)
+
+
+def stage_sources(root: Path | None = None) -> dict[str, tuple[str, ...]]:
+    """Stage -> the package sources it runs (see :data:`STAGE_ENTRY_MODULES`)."""
+    shared = tuple(f"taufm.{name.replace('/', '.')}" for name in SHARED_SOURCES)
+    return {stage: tuple(import_closure((*entries, *shared), root)) for stage, entries in STAGE_ENTRY_MODULES.items()}
+
+
+STAGE_SOURCES: Mapping[str, tuple[str, ...]] = stage_sources()
 # Libraries whose versions can change a result, recorded in every provenance record.
 RECORDED_PACKAGES = ("taufm", "torch", "numpy", "uproot", "awkward", "fastjet", "pythia8mc", "vector", "pyarrow", "scikit-learn", "matplotlib", "mplhep", "snakemake")
 
@@ -79,7 +145,8 @@ def stage_source_hash(stage: str, root: Path | None = None) -> str:
     """The source hash of one stage of :data:`STAGE_SOURCES` (shared modules included)."""
     if stage not in STAGE_SOURCES:
         raise ValueError(f"unknown stage {stage!r}; stages: {', '.join(STAGE_SOURCES)}")
-    return source_hash(*STAGE_SOURCES[stage], *SHARED_SOURCES, root=root)
+    sources = STAGE_SOURCES[stage] if root is None else stage_sources(root)[stage]
+    return source_hash(*sources, root=root)
 
 
 def git_state(path: Path = PACKAGE_ROOT) -> dict[str, Any]:
