@@ -185,3 +185,35 @@ def test_fig6_embeddings_of_three_backbones(world, tmp_path):
     run_finetune("decay_mode", "part", 100, 0, shards, tmp_path / "part", SETTINGS)
     with pytest.raises(TaufmError, match="no backbone weights"):
         embed_tau_jets(shards["Z_Ztautau"], backbone, tmp_path / "part" / "model.pt", max_jets=10)
+
+
+def test_a_backbone_of_another_tokenizer_is_refused(world, tmp_path):
+    """Same vocabulary size, another tokenizer: its pretrained weights mean other particles."""
+    import shutil
+
+    from taufm import paths
+
+    _, shards, backbone = world
+    other = {}
+    for sample, files in shards.items():
+        other[sample] = []
+        for shard in files:
+            copy = tmp_path / "tokens" / shard.name
+            copy.parent.mkdir(exist_ok=True)
+            shutil.copy(shard, copy)
+            manifest = json.loads(paths.manifest(shard).read_text())
+            manifest["tokenizer"]["sha256"] = "another-tokenizer"
+            paths.manifest(copy).write_text(json.dumps(manifest))
+            other[sample].append(copy)
+    for strategy in ("finetune", "fixed"):
+        with pytest.raises(TaufmError, match=r"backbone_best.pt: pretrained on tokens of tokenizer synthetic.*made by tokenizer another-toke"):
+            run_finetune("pt_regression", strategy, 100, 0, other, tmp_path / strategy, SETTINGS, backbone)
+        assert not (tmp_path / strategy / "model.pt").exists()
+    # From scratch only borrows the architecture: the vocabulary must fit, the tokenizer need not.
+    run_finetune("pt_regression", "scratch", 100, 0, other, tmp_path / "scratch", SETTINGS, backbone)
+
+    payload = torch.load(backbone, weights_only=True)
+    payload["config"]["vocab_size"] = 99
+    torch.save(payload, tmp_path / "wide.pt")
+    with pytest.raises(TaufmError, match=r"wide.pt: embeds a vocabulary of 99 tokens; the token shards .* use"):
+        run_finetune("pt_regression", "scratch", 100, 0, shards, tmp_path / "wide", SETTINGS, tmp_path / "wide.pt")

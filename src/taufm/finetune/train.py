@@ -36,6 +36,7 @@ from taufm.io import atomic_output
 from taufm.models.gpt import GPTBackbone, GPTConfig
 from taufm.models.heads import HeadConfig, TaskHead
 from taufm.models.part import ParTConfig, ParticleTransformer
+from taufm.pretrain.data import token_vocabulary
 from taufm.pretrain.train import load_backbone
 from taufm.tokenizer.preprocessing import Preprocessing
 from taufm.train.runtime import History, autocast, load_checkpoint, save_checkpoint, seed_everything, select_device, warmup_cosine
@@ -176,6 +177,22 @@ def build_model(task: str, strategy: Strategy, settings: FinetuneSettings, backb
     return FoundationModel(backbone, head, strategy.n_blocks)
 
 
+def check_backbone_fits_tokens(backbone_path: Path, shards: Sequence[str | Path], pretrained: bool) -> None:
+    """The backbone must embed the token shards' vocabulary; pretrained weights must also come
+    from tokens of the very tokenizer that made the shards (same size is not enough: another
+    tokenizer's code 7 is another particle)."""
+    vocabulary = token_vocabulary(shards)
+    config = load_checkpoint(backbone_path)["config"]
+    size = vocabulary["token_ids"]["vocabulary_size"]
+    if config.get("vocab_size") != size:
+        raise TaufmError(f"{backbone_path}: embeds a vocabulary of {config.get('vocab_size')} tokens; the token shards ({shards[0]}, ...) use {size}")
+    if pretrained and config.get("tokenizer_sha256") != vocabulary["tokenizer_sha256"]:
+        raise TaufmError(
+            f"{backbone_path}: pretrained on tokens of tokenizer {str(config.get('tokenizer_sha256'))[:12]}…, but the token shards "
+            f"({shards[0]}, ...) were made by tokenizer {str(vocabulary['tokenizer_sha256'])[:12]}…: pretrain again or retokenize"
+        )
+
+
 def run_finetune(
     task: str,
     strategy_name: str,
@@ -200,6 +217,8 @@ def run_finetune(
     backbone_path = Path(backbone_path) if backbone_path is not None else None
     device = select_device(settings.device)
     extra = ("tokens", "token_mask") if strategy.uses_backbone else (*CANDIDATE_COLUMNS, MASK_COLUMN)
+    if strategy.uses_backbone and backbone_path is not None:
+        check_backbone_fits_tokens(backbone_path, [s for files in shards.values() for s in files], strategy.pretrained)
 
     train_all = load_task_data(task, spec, shards, spec.train_samples, "train", extra)
     subset = nested_subset(len(train_all["target"]), size, seed)
