@@ -100,3 +100,46 @@ def test_config_hash_ignores_key_order_only():
     assert config_hash({"a": 1, "b": [1, 2]}) == config_hash({"b": [1, 2], "a": 1})
     assert config_hash({"a": 1, "b": [1, 2]}) != config_hash({"a": 1, "b": [2, 1]})
     assert len(config_hash({})) == 64
+
+
+def test_default_config_and_presets_meet_the_cross_setting_constraints(default_config):
+    from taufm.config_checks import cross_setting_errors
+
+    assert cross_setting_errors(validate_config(copy.deepcopy(default_config), SCHEMA)) == []
+    for preset in (ROOT / "workflow" / "presets").glob("*.yaml"):
+        merged = copy.deepcopy(default_config)
+        _deep_update(merged, yaml.safe_load(preset.read_text()))
+        assert cross_setting_errors(validate_config(merged, SCHEMA)) == [], preset.name
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"ingest": {"split_ratios": {"train": 0.8, "val": 0.15, "test": 0.1}}}, "ingest.split_ratios: train 0.8, val 0.15, test 0.1 sum to 1.05, not 1"),
+        ({"pretrain": {"model": {"dim": 100, "n_heads": 8}}}, "pretrain.model: dim 100 is not divisible by n_heads 8"),
+        ({"tokenizer": {"model": {"hidden_dim": 30, "n_heads": 4}}}, "tokenizer.model: hidden_dim 30 is not divisible by n_heads 4"),
+        ({"finetune": {"head": {"dim": 10, "n_heads": 4}}}, "finetune.head: dim 10 is not divisible by n_heads 4"),
+        ({"finetune": {"ablations": {"n_blocks": [1, 5]}}}, "strategy 'finetune-blocks5' uses 5 pretrained blocks; pretrain.model.n_blocks is 3"),
+        ({"finetune": {"grid": {"strategies": ["scratch", "part-blocks2"]}}}, "the ParT baseline has no backbone"),
+        ({"finetune": {"grid": {"strategies": ["fixed-unfreeze3"]}}}, "only finetune has an unfreeze epoch"),
+    ],
+)
+def test_constraints_between_settings_are_named(default_config, change, message):
+    from taufm.config_checks import check_cross_settings
+
+    _deep_update(default_config, change)
+    config = validate_config(default_config, SCHEMA)
+    with pytest.raises(TaufmError, match="invalid configuration") as err:
+        check_cross_settings(config)
+    assert message in str(err.value)
+
+
+def test_snakemake_dry_run_stops_on_a_cross_setting_error(tmp_path):
+    import subprocess
+    import sys
+
+    override = tmp_path / "bad.yaml"
+    override.write_text(yaml.safe_dump({"results_dir": str(tmp_path / "results"), "pretrain": {"model": {"n_blocks": 2}}, "finetune": {"ablations": {"n_blocks": [3]}}}))
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--cores", "1", "--configfile", str(override)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert "strategy 'finetune-blocks3' uses 3 pretrained blocks; pretrain.model.n_blocks is 2" in proc.stdout + proc.stderr

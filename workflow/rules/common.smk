@@ -6,10 +6,12 @@ from pathlib import Path
 
 from taufm import paths
 from taufm.config import validate_config
+from taufm.config_checks import check_cross_settings
 from taufm.errors import TaufmError
 from taufm.provenance import STAGE_SOURCES, stage_source_hash
 
 validate_config(config, workflow.source_path("../schemas/config.schema.yaml"))
+check_cross_settings(config)  # ratios, head widths, strategies vs the backbone: before any job
 
 RESULTS = config["results_dir"]
 EMBEDDED = config["data"]["source"] == "embedded"

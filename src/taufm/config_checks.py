@@ -1,0 +1,72 @@
+"""Constraints between settings that the schema cannot state, checked before any job runs.
+
+The schema checks each value on its own (types, ranges, names); these checks relate values:
+split ratios that must sum to 1, model widths that attention heads must divide, fine-tuning
+strategies that must name a known strategy and no more backbone blocks than pretraining trains.
+Without them such a configuration passes ``snakemake -n`` and fails deep in the run, after the
+first stages have already replaced their outputs.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+from taufm.errors import TaufmError
+
+# (config section, width key) of every attention stack whose width n_heads must divide.
+ATTENTION_WIDTHS = (
+    ("tokenizer.model", "hidden_dim"),
+    ("pretrain.model", "dim"),
+    ("finetune.head", "dim"),
+    ("finetune.part.head", "dim"),
+)
+
+
+def _section(config: Mapping, dotted: str) -> Mapping:
+    node = config
+    for key in dotted.split("."):
+        node = node.get(key, {}) if isinstance(node, Mapping) else {}
+    return node if isinstance(node, Mapping) else {}
+
+
+def finetune_strategies(finetune: Mapping) -> list[str]:
+    """Every strategy name the grid and the ablations run (as the workflow names them)."""
+    grid, ablations = finetune.get("grid", {}), finetune.get("ablations", {})
+    names = list(grid.get("strategies", []))
+    names += [f"finetune-unfreeze{k}" for k in ablations.get("unfreeze_epochs", [])]
+    names += [f"finetune-blocks{b}" for b in ablations.get("n_blocks", [])]
+    return list(dict.fromkeys(names))
+
+
+def cross_setting_errors(config: Mapping) -> list[str]:
+    """Every violated constraint between settings, one line each naming the keys."""
+    from taufm.finetune.train import parse_strategy
+
+    errors = []
+    ratios = _section(config, "ingest.split_ratios")
+    if ratios and not math.isclose(sum(ratios.values()), 1.0, abs_tol=1e-9):
+        shown = ", ".join(f"{k} {v:g}" for k, v in ratios.items())
+        errors.append(f"ingest.split_ratios: {shown} sum to {sum(ratios.values()):g}, not 1")
+    for where, width in ATTENTION_WIDTHS:
+        section = _section(config, where)
+        if width in section and "n_heads" in section and section[width] % section["n_heads"]:
+            errors.append(f"{where}: {width} {section[width]} is not divisible by n_heads {section['n_heads']}")
+    finetune = _section(config, "finetune")
+    backbone_blocks = _section(config, "pretrain.model").get("n_blocks")
+    for name in finetune_strategies(finetune):
+        try:
+            strategy = parse_strategy(name, int(finetune.get("unfreeze_epoch", 0)))
+        except TaufmError as err:
+            errors.append(f"finetune: {err}")
+            continue
+        if strategy.n_blocks is not None and backbone_blocks is not None and strategy.n_blocks > backbone_blocks:
+            errors.append(f"finetune: strategy {name!r} uses {strategy.n_blocks} pretrained blocks; pretrain.model.n_blocks is {backbone_blocks}")
+    return errors
+
+
+def check_cross_settings(config: Mapping) -> None:
+    """A :class:`TaufmError` listing every violated constraint (see :func:`cross_setting_errors`)."""
+    errors = cross_setting_errors(config)
+    if errors:
+        raise TaufmError("invalid configuration:\n  " + "\n  ".join(errors))
