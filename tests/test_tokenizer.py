@@ -275,3 +275,16 @@ def test_a_checkpoint_of_other_inputs_or_code_is_not_resumed(trained, tmp_path, 
     with caplog.at_level("WARNING"):
         train_tokenizer([tmp_path / "jets_000.parquet"], tmp_path / "out", settings)
     assert "written with other taufm code: starting afresh" in caplog.text
+
+
+def test_a_new_normformer_block_is_the_identity():
+    from taufm.models.vqvae import NormFormerBlock
+
+    torch.manual_seed(0)
+    block = NormFormerBlock(dim=16, n_heads=4, dropout=0.0)
+    x = torch.randn(3, 5, 16)
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]], dtype=torch.bool)
+    assert torch.equal(block(x, mask), x * mask[..., None])
+    # ...and it learns: the zeroed weights get gradients.
+    block(x, mask).pow(2).sum().backward()
+    assert block.norm_attn.weight.grad.abs().sum() > 0 and block.mlp[-1].weight.grad.abs().sum() > 0

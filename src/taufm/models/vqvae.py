@@ -62,7 +62,8 @@ class SelfAttention(nn.Module):
 class NormFormerBlock(nn.Module):
     """Pre-LN attention with an extra LayerNorm on its output (NormFormer), then a pre-LN MLP.
 
-    The first norm and the last MLP layer start at zero, so a new block is the identity.
+    The attention's output norm and the last MLP layer start at zero, so both residual branches
+    add nothing and a new block is the identity (on real candidates; padding is zeroed).
     """
 
     def __init__(self, dim: int, n_heads: int, dropout: float) -> None:
@@ -71,7 +72,7 @@ class NormFormerBlock(nn.Module):
         self.attn = SelfAttention(dim, n_heads, dropout)
         self.norm_attn = nn.LayerNorm(dim)
         self.mlp = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, dim), nn.SiLU(), nn.Dropout(dropout), nn.Linear(dim, dim))
-        nn.init.zeros_(self.norm_in.weight)
+        nn.init.zeros_(self.norm_attn.weight)  # its bias starts at zero too
         nn.init.zeros_(self.mlp[-1].weight)
         nn.init.zeros_(self.mlp[-1].bias)
 
