@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -217,3 +218,22 @@ def test_a_backbone_of_another_tokenizer_is_refused(world, tmp_path):
     torch.save(payload, tmp_path / "wide.pt")
     with pytest.raises(TaufmError, match=r"wide.pt: embeds a vocabulary of 99 tokens; the token shards .* use"):
         run_finetune("pt_regression", "scratch", 100, 0, shards, tmp_path / "wide", SETTINGS, tmp_path / "wide.pt")
+
+
+def test_finetuning_decays_weight_matrices_only(world, tmp_path, monkeypatch):
+    import taufm.finetune.train as module
+    from taufm.train.runtime import adamw
+
+    built = []
+
+    def spy(modules, *args):
+        built.append((modules, adamw(modules, *args)))
+        return built[-1][1]
+
+    monkeypatch.setattr(module, "adamw", spy)
+    _, shards, backbone = world
+    run_finetune("pt_regression", "finetune", 100, 0, shards, tmp_path, FinetuneSettings(**{**dataclasses.asdict(SETTINGS), "epochs": 1, "weight_decay": 0.1}), backbone)
+    ((modules, optimizer),) = built
+    decayed = {id(p) for g in optimizer.param_groups if g["weight_decay"] > 0 for p in g["params"]}
+    linear = {id(m.weight) for model in modules for m in model.modules() if isinstance(m, torch.nn.Linear)}
+    assert decayed == linear, "decay on every linear weight matrix, on nothing else (embeddings, norms, biases, class token)"

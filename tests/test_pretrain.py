@@ -245,3 +245,18 @@ def test_pretraining_on_other_shards_starts_afresh(pretrained, tmp_path, caplog)
         pretrain([tmp_path / "tokens_000.parquet"], tmp_path / "out", SETTINGS)
     assert "written with other input shards: starting afresh" in caplog.text
     assert len(_history(tmp_path / "out" / HISTORY_FILE)) == SETTINGS.epochs
+
+
+def test_pretraining_decays_weight_matrices_only(tmp_path, monkeypatch):
+    import taufm.pretrain.train as module
+    from taufm.train.runtime import adamw
+
+    built = []
+    monkeypatch.setattr(module, "adamw", lambda *a, **k: built.append(adamw(*a, **k)) or built[-1])
+    write_token_shard(tmp_path / "tokens_000.parquet", n_jets=64)
+    pretrain([tmp_path / "tokens_000.parquet"], tmp_path / "out", PretrainSettings(**{**SETTINGS.to_dict(), "epochs": 1, "weight_decay": 0.1}))
+    (optimizer,) = built
+    decayed = [p for g in optimizer.param_groups if g["weight_decay"] > 0 for p in g["params"]]
+    assert decayed and all(p.ndim == 2 for p in decayed)
+    not_decayed = [p for g in optimizer.param_groups if g["weight_decay"] == 0 for p in g["params"]]
+    assert any(p.ndim == 1 for p in not_decayed), "norms and biases"

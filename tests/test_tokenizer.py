@@ -288,3 +288,17 @@ def test_a_new_normformer_block_is_the_identity():
     # ...and it learns: the zeroed weights get gradients.
     block(x, mask).pow(2).sum().backward()
     assert block.norm_attn.weight.grad.abs().sum() > 0 and block.mlp[-1].weight.grad.abs().sum() > 0
+
+
+def test_tokenizer_training_decays_no_bias_norm_or_codebook(trained, tmp_path, monkeypatch):
+    import taufm.tokenizer.train as train_module
+    from taufm.train.runtime import adamw
+
+    built = []
+    monkeypatch.setattr(train_module, "adamw", lambda *a, **k: built.append(adamw(*a, **k)) or built[-1])
+    d, settings, _ = trained
+    train_tokenizer([d / "jets_000.parquet"], tmp_path / "out", TokenizerSettings(**{**settings.to_dict(), "epochs": 1, "weight_decay": 0.1}))
+    (optimizer,) = built
+    decayed = [p for g in optimizer.param_groups if g["weight_decay"] > 0 for p in g["params"]]
+    assert decayed and all(p.ndim == 2 for p in decayed)
+    assert any(g["weight_decay"] == 0 and any(p.ndim == 1 for p in g["params"]) for g in optimizer.param_groups)

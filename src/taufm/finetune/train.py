@@ -39,7 +39,7 @@ from taufm.models.part import ParTConfig, ParticleTransformer
 from taufm.pretrain.data import token_vocabulary
 from taufm.pretrain.train import load_backbone
 from taufm.tokenizer.preprocessing import Preprocessing
-from taufm.train.runtime import History, autocast, load_checkpoint, save_checkpoint, seed_everything, select_device, warmup_cosine
+from taufm.train.runtime import History, adamw, autocast, load_checkpoint, save_checkpoint, seed_everything, select_device, warmup_cosine
 
 log = logging.getLogger(__name__)
 
@@ -234,7 +234,7 @@ def run_finetune(
     x_train, m_train = model_inputs(strategy, train)
     x_val, m_val = model_inputs(strategy, val)
     y_train, y_val = torch.from_numpy(train["target"]), torch.from_numpy(val["target"])
-    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay)
+    optimizer = adamw([model], settings.learning_rate, settings.weight_decay)
     total = math.ceil(size / settings.batch_size) * settings.epochs
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, total, 0, settings.min_learning_rate_ratio))
     history = History(output_dir / "history.csv")

@@ -31,6 +31,7 @@ from taufm.models.gpt import GPTBackbone, GPTConfig, NextTokenHead, next_token_l
 from taufm.pretrain.data import TokenBatches, token_vocabulary
 from taufm.train.runtime import (
     History,
+    adamw,
     autocast,
     cpu_copy,
     load_checkpoint,
@@ -171,7 +172,7 @@ def pretrain(shards: Sequence[str | Path], output_dir: str | Path, settings: Pre
     steps_per_epoch = train.batches_per_epoch()
     total_steps = steps_per_epoch * settings.epochs
     parameters = [*backbone.parameters(), *head.parameters()]
-    optimizer = torch.optim.AdamW(parameters, lr=settings.learning_rate, weight_decay=settings.weight_decay)
+    optimizer = adamw([backbone, head], settings.learning_rate, settings.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, total_steps, settings.warmup_steps, settings.min_learning_rate_ratio))
     history = History(output_dir / HISTORY_FILE)
     position = {"epoch": 0, "step_in_epoch": 0, "global_step": 0}

@@ -29,6 +29,7 @@ from taufm.models.vqvae import VQVAE, VQVAEConfig, reconstruction_losses
 from taufm.tokenizer.preprocessing import Preprocessing
 from taufm.train.runtime import (
     History,
+    adamw,
     autocast,
     cpu_copy,
     load_checkpoint,
@@ -164,7 +165,7 @@ def train_tokenizer(shards: Sequence[str | Path], output_dir: str | Path, settin
     val = {k: torch.from_numpy(np.ascontiguousarray(v)).to(device) for k, v in val_np.items()}
 
     model = VQVAE(config).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay)
+    optimizer = adamw([model], settings.learning_rate, settings.weight_decay)
     n_jets = len(train["mask"])
     steps_per_epoch = math.ceil(n_jets / settings.batch_size)
     total_steps = steps_per_epoch * settings.epochs

@@ -113,6 +113,21 @@ def run_identity(stage: str, settings: Mapping, inputs: Sequence[str | Path]) ->
 _IDENTITY_PARTS = {"settings_hash": "other settings", "inputs_hash": "other input shards", "code_hash": "other taufm code"}
 
 
+def adamw(modules: Sequence[torch.nn.Module], learning_rate: float, weight_decay: float) -> torch.optim.AdamW:
+    """AdamW with weight decay on the weight matrices of linear layers only: biases, norms,
+    embeddings, codebooks and learned tokens are not pulled towards zero."""
+    decay, no_decay, seen = [], [], set()
+    for module in modules:
+        for owner in module.modules():
+            for name, parameter in owner.named_parameters(recurse=False):
+                if id(parameter) in seen:
+                    continue
+                seen.add(id(parameter))
+                (decay if isinstance(owner, torch.nn.Linear) and name == "weight" else no_decay).append(parameter)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=learning_rate)
+
+
 def resumable_state(path: Path, identity: Mapping[str, str]) -> dict | None:
     """The last checkpoint of this very run (same settings, inputs and code), or None: none
     yet, or one of another run, which is then not resumed (a log line says why)."""
