@@ -330,6 +330,10 @@ def ingest_ee_file(path: str | Path, output: str | Path, *, sample: str, setting
             per_decay_mode += np.bincount(columns["decay_mode"][columns["decay_mode"] >= 0], minlength=6)[:6]
         if n_events == 0:
             raise TaufmError(f"{path}: the tree 'events' holds no events")
+        warnings = []
+        if n_jets == 0:
+            warnings.append(f"no jet passed the selection in {n_events} events: the shard is empty (see the cutflow)")
+            log.warning("%s: %s", path, warnings[-1])
         resolved = {**dataclasses.asdict(settings), "split_ratios": dict(settings.split_ratios)}
         resolved.pop("chunk_size")  # how the file is read, not what is written
         writer.manifest = {
@@ -341,6 +345,7 @@ def ingest_ee_file(path: str | Path, output: str | Path, *, sample: str, setting
             "layout": layout.describe(),
             "events": n_events,
             "jets": n_jets,
+            **({"warnings": warnings} if warnings else {}),
             "signal_jets": n_signal,
             "jets_per_split": {name: int(per_split[i]) for i, name in enumerate(SPLITS)},
             "decay_modes": {str(dm): int(per_decay_mode[dm]) for dm in range(6)},

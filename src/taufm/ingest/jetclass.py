@@ -368,6 +368,8 @@ def ingest_jetclass_file(
             for cut in CUTS:
                 cutflow.append({"objects": "jets", "cut": cut, "in": jets_in, "out": totals[cut]})
                 jets_in = totals[cut]
+            if writer.rows == 0:
+                log.warning("%s: no jet passed the cuts: the shard is empty", path)
             writer.manifest = {
                 "stage": "ingest_jetclass",
                 "schema_version": SCHEMA_VERSION,
@@ -377,6 +379,7 @@ def ingest_jetclass_file(
                 "tree": TREE_NAME,
                 "entries": n_entries,
                 "jets": writer.rows,
+                **({"warnings": ["no jet passed the cuts: the shard is empty (see the cutflow)"]} if writer.rows == 0 else {}),
                 "cutflow": cutflow,
                 "jets_per_split": {s: int(split_counts[i]) for i, s in enumerate(SPLITS)},
                 "label_branches": label_branches,

@@ -70,20 +70,24 @@ def tokenize_shard(shard: str | Path, tokenizer: str | Path, output: str | Path,
     missing = [c for c in (*CANDIDATE_FEATURE_COLUMNS, MASK_COLUMN) if c not in names]
     if missing:
         raise TaufmError(f"{shard}: missing column(s) {', '.join(missing)} (tokenize reads ingested shards)")
-    if parquet.metadata.num_rows == 0:
-        raise TaufmError(f"{shard}: empty shard (no jets to tokenize)")
     carried = [c for c in names if not c.startswith("cand_")]
+    empty = parquet.metadata.num_rows == 0
+    if empty:
+        log.warning("%s holds no jets: writing an empty token shard", shard)
     jets = dropped = 0
+    # An empty shard (a file whose events gave no jet) still yields a token shard, with no rows.
+    batches = [parquet.read()] if empty else parquet.iter_batches(batch_size=batch_size)
     with ShardWriter(output) as writer:
-        for batch in parquet.iter_batches(batch_size=batch_size):
+        for batch in batches:
             table = {c: column_to_numpy(batch.column(c)) for c in batch.schema.names}
             features, mask = candidate_arrays(table)
             inputs = preprocessing.model_inputs(features, mask)
-            x = torch.from_numpy(inputs["inputs"])
-            m = torch.from_numpy(inputs["mask"])
-            latent = model.encode(x, m)
-            codes = np.full(m.shape, -1, dtype=np.int64)
-            codes[inputs["mask"]] = model.quantizer.nearest(latent[m]).numpy()
+            codes = np.full(inputs["mask"].shape, -1, dtype=np.int64)
+            if len(codes):
+                x = torch.from_numpy(inputs["inputs"])
+                m = torch.from_numpy(inputs["mask"])
+                latent = model.encode(x, m)
+                codes[inputs["mask"]] = model.quantizer.nearest(latent[m]).numpy()
             tokens, token_mask = token_sequences(codes, inputs["mask"], k)
             writer.write({**{c: table[c] for c in carried}, "n_tokens": token_mask.sum(axis=1).astype(np.int16), "tokens": tokens, "token_mask": token_mask})
             jets += len(tokens)
@@ -92,6 +96,7 @@ def tokenize_shard(shard: str | Path, tokenizer: str | Path, output: str | Path,
             "stage": "tokenize",
             "input": str(shard),
             "jets": jets,
+            **({"warnings": [f"{shard.name} holds no jets"]} if empty else {}),
             "candidates_dropped_by_tokenizer_cuts": dropped,
             "tokenizer": {"path": str(tokenizer), "sha256": _file_digest(tokenizer), "codebook_size": k, "model": model.config.to_dict(), "preprocessing": preprocessing.to_dict()},
             "token_ids": {"start": START_TOKEN, "codes": [1, k], "stop": stop_token(k), "padding": 0, "vocabulary_size": k + 2},
