@@ -237,3 +237,38 @@ def test_finetuning_decays_weight_matrices_only(world, tmp_path, monkeypatch):
     decayed = {id(p) for g in optimizer.param_groups if g["weight_decay"] > 0 for p in g["params"]}
     linear = {id(m.weight) for model in modules for m in model.modules() if isinstance(m, torch.nn.Linear)}
     assert decayed == linear, "decay on every linear weight matrix, on nothing else (embeddings, norms, biases, class token)"
+
+
+def test_a_killed_cell_resumes_to_the_same_model(world, tmp_path, monkeypatch):
+    import taufm.finetune.train as module
+
+    _, shards, backbone = world
+    full = run_finetune("pt_regression", "finetune", 120, 0, shards, tmp_path / "full", SETTINGS, backbone)
+    real = module.evaluate_outputs
+    calls = {"n": 0}
+
+    def killed_at_the_second_validation(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt("killed")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, "evaluate_outputs", killed_at_the_second_validation)
+    with pytest.raises(KeyboardInterrupt):
+        run_finetune("pt_regression", "finetune", 120, 0, shards, tmp_path / "resumed", SETTINGS, backbone)
+    monkeypatch.setattr(module, "evaluate_outputs", real)
+    assert (tmp_path / "resumed" / module.LAST_CHECKPOINT).exists() and not (tmp_path / "resumed" / "model.pt").exists()
+    resumed = run_finetune("pt_regression", "finetune", 120, 0, shards, tmp_path / "resumed", SETTINGS, backbone)
+    assert resumed["best_epoch"] == full["best_epoch"] and resumed["best_val_loss"] == full["best_val_loss"]
+    a = torch.load(tmp_path / "full" / "model.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "resumed" / "model.pt", weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert (tmp_path / "full" / "history.csv").read_text() == (tmp_path / "resumed" / "history.csv").read_text()
+
+    # Finished, its outputs deleted (as Snakemake does before a rerun): written again, unchanged.
+    for name in ("model.pt", "history.csv", "predictions.parquet", "summary.json", "config.json"):
+        (tmp_path / "resumed" / name).unlink()
+    run_finetune("pt_regression", "finetune", 120, 0, shards, tmp_path / "resumed", SETTINGS, backbone)
+    c = torch.load(tmp_path / "resumed" / "model.pt", weights_only=True)["model"]
+    assert all(torch.equal(a[k], c[k]) for k in a)
+    assert (tmp_path / "full" / "history.csv").read_text() == (tmp_path / "resumed" / "history.csv").read_text()

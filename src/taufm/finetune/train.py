@@ -39,9 +39,26 @@ from taufm.models.part import ParTConfig, ParticleTransformer
 from taufm.pretrain.data import token_vocabulary
 from taufm.pretrain.train import load_backbone
 from taufm.tokenizer.preprocessing import Preprocessing
-from taufm.train.runtime import History, adamw, autocast, load_checkpoint, save_checkpoint, seed_everything, select_device, warmup_cosine
+from taufm.train.runtime import (
+    History,
+    adamw,
+    autocast,
+    cpu_copy,
+    load_checkpoint,
+    load_state_strict,
+    resumable_state,
+    rng_state,
+    run_identity,
+    save_checkpoint,
+    seed_everything,
+    select_device,
+    set_rng_state,
+    warmup_cosine,
+)
 
 log = logging.getLogger(__name__)
+
+LAST_CHECKPOINT = "checkpoint_last.pt"  # beside the run's outputs, not one of them
 
 BASE_STRATEGIES = ("scratch", "fixed", "finetune", "part")
 _STRATEGY = re.compile(r"^(?P<base>scratch|fixed|finetune|part)(?:-(?P<kind>unfreeze|blocks)(?P<value>\d+|never))?$")
@@ -238,10 +255,27 @@ def run_finetune(
     total = math.ceil(size / settings.batch_size) * settings.epochs
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, total, 0, settings.min_learning_rate_ratio))
     history = History(output_dir / "history.csv")
-    best, best_state, stale = {"val_loss": math.inf, "epoch": -1}, None, 0
+    best, best_state, stale, start_epoch, finished = {"val_loss": math.inf, "epoch": -1}, None, 0, 0, False
     generator = torch.Generator().manual_seed(seed)
+    # A killed cell resumes from its last epoch, if the checkpoint is of this very cell: same
+    # settings, same shards and backbone (their contents) and the same code.
+    identity_settings = {"task": task, "strategy": strategy.name, "size": size, "seed": seed, "settings": settings.to_dict(), "task_settings": dataclasses.asdict(spec)}
+    inputs = [*(s for files in shards.values() for s in files), *([backbone_path] if strategy.uses_backbone and backbone_path else [])]
+    identity = run_identity("finetune", identity_settings, inputs)
+    last = output_dir / LAST_CHECKPOINT
+    state = resumable_state(last, identity)
+    if state is not None:
+        load_state_strict(model, state["model"], last)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        generator.set_state(state["generator"])
+        set_rng_state(state["rng"])
+        best, best_state, stale = dict(state["best"]), state["best_state"], int(state["stale"])
+        start_epoch, finished = int(state["epoch"]) + 1, bool(state["finished"])
+        history = History(output_dir / "history.csv", state["history"])
+        log.info("resuming from %s after epoch %d", last, start_epoch - 1)
     started = time.perf_counter()
-    for epoch in range(settings.epochs):
+    for epoch in range(start_epoch, 0 if finished else settings.epochs):
         trainable = strategy.unfreeze_epoch is not None and epoch >= strategy.unfreeze_epoch
         model.train()
         set_backbone_trainable(model, trainable)
@@ -266,13 +300,32 @@ def run_finetune(
         history.append(row)
         if val_loss < best["val_loss"]:
             best, stale = {"val_loss": val_loss, "epoch": epoch}, 0
-            best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+            best_state = cpu_copy(model.state_dict())
         else:
             stale += 1
-            if settings.early_stopping_patience is not None and stale >= settings.early_stopping_patience:
-                log.info("early stopping after epoch %d", epoch)
-                break
+        finished = settings.early_stopping_patience is not None and stale >= settings.early_stopping_patience
+        save_checkpoint(
+            last,
+            {
+                "config": identity,
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "generator": generator.get_state(),
+                "rng": rng_state(),
+                "epoch": epoch,
+                "finished": finished,
+                "best": best,
+                "best_state": best_state,
+                "stale": stale,
+                "history": history.rows,
+            },
+        )
+        if finished:
+            log.info("early stopping after epoch %d", epoch)
+            break
     seconds = time.perf_counter() - started
+    history.write()  # also when a resumed cell had no epoch left (its outputs were deleted)
     if best_state is None:
         raise TaufmError(f"{task}/{strategy.name}: the validation loss was never finite")
     model.load_state_dict(best_state)
