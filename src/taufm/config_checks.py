@@ -13,6 +13,7 @@ import math
 from collections.abc import Mapping
 
 from taufm.errors import TaufmError
+from taufm.finetune.strategies import parse_strategy
 
 # (config section, width key) of every attention stack whose width n_heads must divide.
 ATTENTION_WIDTHS = (
@@ -41,8 +42,6 @@ def finetune_strategies(finetune: Mapping) -> list[str]:
 
 def cross_setting_errors(config: Mapping) -> list[str]:
     """Every violated constraint between settings, one line each naming the keys."""
-    from taufm.finetune.train import parse_strategy
-
     errors = []
     ratios = _section(config, "ingest.split_ratios")
     if ratios and not math.isclose(sum(ratios.values()), 1.0, abs_tol=1e-9):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ast
 import datetime
+import functools
 import hashlib
 import importlib.metadata
 import json
@@ -67,6 +68,11 @@ def module_file(module: str, root: Path | None = None) -> Path | None:
 
 def imported_modules(path: Path, module: str) -> set[str]:
     """The ``taufm`` modules one source file imports, at top level or inside functions."""
+    return set(_imported_modules(path, module, path.stat().st_mtime_ns))
+
+
+@functools.lru_cache(maxsize=None)
+def _imported_modules(path: Path, module: str, mtime_ns: int) -> frozenset[str]:
     tree = ast.parse(path.read_text(), filename=str(path))
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
     found: set[str] = set()
@@ -81,7 +87,7 @@ def imported_modules(path: Path, module: str) -> set[str]:
                 source = node.module or ""
             found.add(source)
             found.update(f"{source}.{alias.name}" for alias in node.names)  # names that are submodules
-    return {name for name in found if name == "taufm" or name.startswith("taufm.")}
+    return frozenset(name for name in found if name == "taufm" or name.startswith("taufm."))
 
 
 def import_closure(modules: Sequence[str], root: Path | None = None) -> list[str]:

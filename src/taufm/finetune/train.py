@@ -16,7 +16,6 @@ import hashlib
 import json
 import logging
 import math
-import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ from torch import nn
 from taufm.config import config_hash, reject_unknown_keys, settings_from_mapping
 from taufm.errors import TaufmError
 from taufm.finetune.data import load_task_data, nested_subset
+from taufm.finetune.strategies import Strategy, parse_strategy
 from taufm.finetune.tasks import TASK_NAMES, epoch_metrics, n_outputs, predict, task_settings
 from taufm.finetune.tasks import loss as task_loss
 from taufm.ingest.shards import CANDIDATE_COLUMNS, MASK_COLUMN, ShardWriter
@@ -60,46 +60,7 @@ log = logging.getLogger(__name__)
 
 LAST_CHECKPOINT = "checkpoint_last.pt"  # beside the run's outputs, not one of them
 
-BASE_STRATEGIES = ("scratch", "fixed", "finetune", "part")
-_STRATEGY = re.compile(r"^(?P<base>scratch|fixed|finetune|part)(?:-(?P<kind>unfreeze|blocks)(?P<value>\d+|never))?$")
 _FEATURE_COLUMNS = tuple(c for c in CANDIDATE_COLUMNS if c not in ("cand_d0", "cand_d0err", "cand_dz", "cand_dzerr"))
-
-
-@dataclass(frozen=True)
-class Strategy:
-    name: str
-    base: str
-    unfreeze_epoch: int | None  # None: never (fixed); 0 for scratch and part
-    n_blocks: int | None  # None: all blocks
-
-    @property
-    def uses_backbone(self) -> bool:
-        return self.base != "part"
-
-    @property
-    def pretrained(self) -> bool:
-        return self.base in ("fixed", "finetune")
-
-
-def parse_strategy(name: str, default_unfreeze_epoch: int) -> Strategy:
-    """``scratch``, ``fixed``, ``finetune``, ``part``, ``finetune-unfreeze<K|never>``, ``<base>-blocks<B>``."""
-    match = _STRATEGY.match(name)
-    if not match:
-        raise TaufmError(f"unknown strategy {name!r}; known: {', '.join(BASE_STRATEGIES)}, finetune-unfreeze<K|never>, <strategy>-blocks<B>")
-    base, kind, value = match["base"], match["kind"], match["value"]
-    if kind and base == "part":
-        raise TaufmError(f"strategy {name!r}: the ParT baseline has no backbone to unfreeze or truncate")
-    unfreeze = {"scratch": 0, "fixed": None, "finetune": default_unfreeze_epoch, "part": 0}[base]
-    n_blocks = None
-    if kind == "unfreeze":
-        if base != "finetune":
-            raise TaufmError(f"strategy {name!r}: only finetune has an unfreeze epoch")
-        unfreeze = None if value == "never" else int(value)
-    elif kind == "blocks":
-        if value == "never" or int(value) < 1:
-            raise TaufmError(f"strategy {name!r}: the number of blocks must be a positive integer")
-        n_blocks = int(value)
-    return Strategy(name=name, base=base, unfreeze_epoch=unfreeze, n_blocks=n_blocks)
 
 
 @dataclass(frozen=True)
