@@ -113,11 +113,31 @@ def import_closure(modules: Sequence[str], root: Path | None = None) -> list[str
 
 def stage_sources(root: Path | None = None) -> dict[str, tuple[str, ...]]:
     """Stage -> the package sources it runs (see :data:`STAGE_ENTRY_MODULES`)."""
+    return {stage: _stage_closure(stage, root) for stage in STAGE_ENTRY_MODULES}
+
+
+@functools.lru_cache(maxsize=None)
+def _stage_closure(stage: str, root: Path | None = None) -> tuple[str, ...]:
     shared = tuple(f"taufm.{name.replace('/', '.')}" for name in SHARED_SOURCES)
-    return {stage: tuple(import_closure((*entries, *shared), root)) for stage, entries in STAGE_ENTRY_MODULES.items()}
+    return tuple(import_closure((*STAGE_ENTRY_MODULES[stage], *shared), root))
 
 
-STAGE_SOURCES: Mapping[str, tuple[str, ...]] = stage_sources()
+class _StageSources(Mapping):
+    """Stage -> its sources, each worked out on first use (a command needs its own stage only)."""
+
+    def __getitem__(self, stage: str) -> tuple[str, ...]:
+        if stage not in STAGE_ENTRY_MODULES:
+            raise KeyError(stage)
+        return _stage_closure(stage)
+
+    def __iter__(self):
+        return iter(STAGE_ENTRY_MODULES)
+
+    def __len__(self) -> int:
+        return len(STAGE_ENTRY_MODULES)
+
+
+STAGE_SOURCES: Mapping[str, tuple[str, ...]] = _StageSources()
 # Libraries whose versions can change a result, recorded in every provenance record.
 RECORDED_PACKAGES = ("taufm", "torch", "numpy", "uproot", "awkward", "fastjet", "pythia8mc", "vector", "pyarrow", "scikit-learn", "matplotlib", "mplhep", "snakemake")
 
