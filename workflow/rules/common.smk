@@ -138,10 +138,11 @@ PRETRAIN = config["pretrain"]
 
 
 def pretrain_command():
-    """`taufm pretrain`, under torchrun when more than one process is configured."""
+    """`taufm pretrain` as a list of words (each quoted in the rule), under torchrun when more
+    than one process is configured."""
     if PRETRAIN["processes"] > 1:
-        return f"torchrun --standalone --nproc_per_node {PRETRAIN['processes']} -m taufm.cli pretrain"
-    return "taufm pretrain"
+        return ["torchrun", "--standalone", "--nproc_per_node", str(PRETRAIN["processes"]), "-m", "taufm.cli", "pretrain"]
+    return ["taufm", "pretrain"]
 
 
 # Fine-tuning grid

@@ -65,8 +65,8 @@ rule paper_figures:
     conda:
         "../../envs/taufm.yaml"
     shell:
-        "taufm paper-figures --metrics {input.metrics:q} --finetune-dir {params.finetune_dir:q} --size {params.size}"
-        " --ablation-size {params.ablation_size} --unfreeze-epoch {params.unfreeze_epoch} --n-blocks {params.n_blocks}"
+        "taufm paper-figures --metrics {input.metrics:q} --finetune-dir {params.finetune_dir:q} --size {params.size:q}"
+        " --ablation-size {params.ablation_size:q} --unfreeze-epoch {params.unfreeze_epoch:q} --n-blocks {params.n_blocks:q}"
         " --output-dir {params.output_dir:q} 2> {log:q}"
 
 
@@ -95,5 +95,5 @@ rule embeddings:
         runtime=30,
     shell:
         "taufm embeddings --pretrained {input.pretrained:q} --finetuned-model {input.finetuned:q}"
-        " --output {output.embeddings:q} --figure-stem {params.stem:q} --max-jets {params.max_jets}"
+        " --output {output.embeddings:q} --figure-stem {params.stem:q} --max-jets {params.max_jets:q}"
         " --threads {threads} {input.shards:q} 2> {log:q}"

@@ -24,7 +24,7 @@ rule pretrain:
         runtime=720,
         gpu=PRETRAIN["processes"] if PRETRAIN["device"] != "cpu" else 0,
     shell:
-        "{params.command} --settings {params.settings:q} --output-dir {params.output_dir:q}"
+        "{params.command:q} --settings {params.settings:q} --output-dir {params.output_dir:q}"
         " --threads {threads} {input:q} 2> {log:q}"
 
 

@@ -28,7 +28,7 @@ rule simulate_ee:
         runtime=60,
     shell:
         "taufm simulate-ee --sample {wildcards.sample} --shard {wildcards.shard}"
-        " --events {params.events} --seed {params.seed} --sqrt-s {params.sqrt_s}"
+        " --events {params.events:q} --seed {params.seed:q} --sqrt-s {params.sqrt_s:q}"
         " --detector {params.detector:q} --output {output:q} 2> {log:q}"
 
 
@@ -62,5 +62,5 @@ rule simulate_jetclass:
         runtime=120,
     shell:
         "taufm simulate-jetclass --process {wildcards.process} --shard {wildcards.shard}"
-        " --jets {params.jets} --seed {params.seed} --sqrt-s {params.sqrt_s} {params.pthat_min:q}"
+        " --jets {params.jets:q} --seed {params.seed:q} --sqrt-s {params.sqrt_s:q} {params.pthat_min:q}"
         " {params.mpi:q} --jet {params.jet:q} --detector {params.detector:q} --output {output:q} 2> {log:q}"

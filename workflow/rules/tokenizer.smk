@@ -56,7 +56,7 @@ rule tokenizer_checks:
     shell:
         "taufm tokenizer-checks --tokenizer {input.model:q} --jetclass {input.jetclass:q}"
         " --future {params.future:q} --output-dir {params.output_dir:q} --split {params.split:q}"
-        " --max-jets {params.max_jets} --threads {threads} 2> {log:q}"
+        " --max-jets {params.max_jets:q} --threads {threads} 2> {log:q}"
 
 
 rule tokenize_ee:
