@@ -12,7 +12,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from taufm.config import reject_unknown_keys
+from taufm.config import checked_settings
 from taufm.errors import TaufmError
 
 log = logging.getLogger("taufm")
@@ -59,7 +59,7 @@ def _cmd_simulate_ee(args: argparse.Namespace) -> None:
     from taufm.sim.detector import DetectorParameters
     from taufm.sim.ee import simulate_ee_shard
 
-    detector = DetectorParameters.from_mapping(args.detector, where="detector.future")
+    detector = DetectorParameters.from_mapping(checked_settings("detector.future", args.detector), where="detector.future")
     simulate_ee_shard(
         args.sample,
         args.shard,
@@ -77,9 +77,8 @@ def _cmd_simulate_jetclass(args: argparse.Namespace) -> None:
     from taufm.sim.detector import DetectorParameters
     from taufm.sim.jetclass import DELPHES_CMS_LIKE, simulate_jetclass_shard
 
-    detector = DetectorParameters.from_mapping(args.detector, where="detector.jetclass", base=DELPHES_CMS_LIKE)
-    jet = args.jet
-    reject_unknown_keys(jet, {"radius", "pt_min", "pt_max", "abs_eta_max"}, "simulate.jetclass.jet")
+    detector = DetectorParameters.from_mapping(checked_settings("detector.jetclass", args.detector), where="detector.jetclass", base=DELPHES_CMS_LIKE)
+    jet = checked_settings("simulate.jetclass.jet", args.jet)  # every key, the schema's defaults filled in
     simulate_jetclass_shard(
         args.process,
         args.shard,
@@ -90,10 +89,10 @@ def _cmd_simulate_jetclass(args: argparse.Namespace) -> None:
         detector=detector,
         pthat_min=args.pthat_min,
         multiparton_interactions=args.mpi,
-        jet_radius=jet.get("radius", 0.8),
-        jet_pt_min=jet.get("pt_min", 500.0),
-        jet_pt_max=jet.get("pt_max", 1000.0),
-        jet_abs_eta_max=jet.get("abs_eta_max", 2.0),
+        jet_radius=jet["radius"],
+        jet_pt_min=jet["pt_min"],
+        jet_pt_max=jet["pt_max"],
+        jet_abs_eta_max=jet["abs_eta_max"],
         batch_size=args.batch_size,
         progress=args.progress,
     )
@@ -109,8 +108,8 @@ def _cmd_ingest_ee(args: argparse.Namespace) -> None:
 def _cmd_ingest_jetclass(args: argparse.Namespace) -> None:
     from taufm.ingest.jetclass import ingest_jetclass_file
 
-    reject_unknown_keys(args.settings, {"max_candidates", "signed_angles", "lifetime_sentinel", "split_ratios", "chunk_size"}, "ingest.jetclass")
-    ingest_jetclass_file(args.input, args.output, sample=args.sample, **args.settings)
+    settings = checked_settings("ingest.jetclass", args.settings)  # every key, the schema's defaults filled in
+    ingest_jetclass_file(args.input, args.output, sample=args.sample, **settings)
 
 
 def _cmd_dataquality(args: argparse.Namespace) -> None:

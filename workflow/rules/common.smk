@@ -5,12 +5,12 @@ import json
 from pathlib import Path
 
 from taufm import paths
-from taufm.config import validate_config
+from taufm.config import SCHEMA_PATH, SETTINGS_PAYLOADS, validate_config
 from taufm.config_checks import check_cross_settings
 from taufm.errors import TaufmError
 from taufm.provenance import STAGE_SOURCES, stage_source_hash
 
-validate_config(config, workflow.source_path("../schemas/config.schema.yaml"))
+validate_config(config, SCHEMA_PATH)  # the schema ships in the package: src/taufm/schemas/
 check_cross_settings(config)  # ratios, head widths, strategies vs the backbone: before any job
 
 RESULTS = config["results_dir"]
@@ -117,12 +117,18 @@ def all_tokenizer_outputs():
 INGEST = config["ingest"]
 
 
+def settings_payload(name):
+    """The JSON settings of one command, cut from the config as taufm.config.SETTINGS_PAYLOADS
+    says (the command checks them against the same part of the schema)."""
+    return as_json(SETTINGS_PAYLOADS[name].from_config(config))
+
+
 def ee_ingest_settings():
-    return as_json({**INGEST["future"], "split_ratios": INGEST["split_ratios"], "chunk_size": INGEST["chunk_size"]})
+    return settings_payload("ingest.future")
 
 
 def jetclass_ingest_settings():
-    return as_json({**INGEST["jetclass"], "split_ratios": INGEST["split_ratios"], "chunk_size": INGEST["chunk_size"]})
+    return settings_payload("ingest.jetclass")
 
 
 # Tokenizer
@@ -130,7 +136,7 @@ TOKENIZER = config["tokenizer"]
 
 
 def tokenizer_settings():
-    return as_json({k: v for k, v in TOKENIZER.items() if k != "checks"})
+    return settings_payload("tokenizer")
 
 
 # Pretraining
@@ -150,7 +156,7 @@ FINETUNE = config["finetune"]
 
 
 def finetune_settings():
-    return as_json({k: v for k, v in FINETUNE.items() if k not in ("grid", "ablations")})
+    return settings_payload("finetune")
 
 
 def finetune_shards(wildcards):

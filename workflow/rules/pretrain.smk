@@ -10,7 +10,7 @@ rule pretrain:
     params:
         code=CODE["pretrain"],
         command=pretrain_command(),
-        settings=as_json({k: v for k, v in PRETRAIN.items() if k != "processes"}),
+        settings=settings_payload("pretrain"),
         output_dir=lambda wildcards, output: str(Path(output[0]).parent),
     log:
         result(paths.LOGS.format(stage="pretrain", name="pretrain")),

@@ -67,10 +67,9 @@ class EEIngestSettings:
 
     @classmethod
     def from_mapping(cls, values: Mapping | None) -> EEIngestSettings:
-        values = dict(values or {})
-        if "collections" in values:
-            values["collections"] = CollectionNames.from_mapping(values["collections"])
-        settings = settings_from_mapping(cls, values, "ingest.future", positive=("max_candidates", "chunk_size"))
+        """From ``taufm ingest-ee --settings``: checked against the schema, its defaults filled in."""
+        settings = settings_from_mapping(cls, values, "ingest.future")
+        settings = dataclasses.replace(settings, collections=CollectionNames.from_mapping(settings.collections))
         if settings.lepton_cleaning not in LEPTON_CLEANING_MODES:
             raise TaufmError(f"ingest.future.lepton_cleaning must be one of {', '.join(LEPTON_CLEANING_MODES)}, got {settings.lepton_cleaning!r}")
         return settings

@@ -75,7 +75,9 @@ class PretrainSettings:
 
     @classmethod
     def from_mapping(cls, values: Mapping | None) -> PretrainSettings:
-        settings = settings_from_mapping(cls, values, "pretrain", positive=("max_length", "batch_size", "epochs", "checkpoint_every"))
+        """From ``taufm pretrain --settings``: checked against the schema, its defaults (the
+        model's too) filled in."""
+        settings = settings_from_mapping(cls, values, "pretrain")
         reject_unknown_keys(settings.model, _MODEL_KEYS, "pretrain.model")
         return settings
 

@@ -71,7 +71,9 @@ class TokenizerSettings:
 
     @classmethod
     def from_mapping(cls, values: Mapping | None) -> TokenizerSettings:
-        settings = settings_from_mapping(cls, values, "tokenizer", positive=("epochs", "batch_size", "max_candidates"))
+        """From ``taufm train-tokenizer --settings``: checked against the schema, its defaults
+        (the model's and the preprocessing's too) filled in."""
+        settings = settings_from_mapping(cls, values, "tokenizer")
         for group, allowed in (("model", _MODEL_KEYS), ("preprocessing", _PREPROCESSING_KEYS)):
             reject_unknown_keys(getattr(settings, group), allowed, f"tokenizer.{group}")
         return settings
