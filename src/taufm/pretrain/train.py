@@ -59,9 +59,9 @@ _MODEL_KEYS = {"dim", "n_heads", "n_blocks", "ffn_multiplier", "dropout", "posit
 @dataclass(frozen=True)
 class PretrainSettings:
     model: Mapping = field(default_factory=dict)
-    max_length: int = 130
+    max_length: int = 66
     batch_size: int = 64
-    epochs: int = 2
+    epochs: int = 3
     learning_rate: float = 5e-4
     min_learning_rate_ratio: float = 0.05
     warmup_steps: int = 100
@@ -69,7 +69,7 @@ class PretrainSettings:
     gradient_clip: float = 1.0
     checkpoint_every: int = 200  # steps
     max_val_batches: int | None = 50
-    seed: int = 0
+    seed: int = 2
     device: str = "auto"
     compile: bool = False
 

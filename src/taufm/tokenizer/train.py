@@ -58,15 +58,15 @@ _PREPROCESSING_KEYS = {f.name for f in dataclasses.fields(Preprocessing)}
 class TokenizerSettings:
     model: Mapping = field(default_factory=dict)
     preprocessing: Mapping = field(default_factory=dict)
-    epochs: int = 10
+    epochs: int = 6
     batch_size: int = 256
     learning_rate: float = 1e-3
     weight_decay: float = 1e-4
     gradient_clip: float = 1.0
     max_candidates: int = 64  # candidates per jet seen in training (pT order)
-    max_train_jets: int | None = None
-    max_val_jets: int | None = None
-    seed: int = 0
+    max_train_jets: int | None = 20_000
+    max_val_jets: int | None = 4000
+    seed: int = 1
     device: str = "auto"
 
     @classmethod
