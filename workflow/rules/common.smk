@@ -15,6 +15,10 @@ check_cross_settings(config)  # ratios, head widths, strategies vs the backbone:
 
 RESULTS = config["results_dir"]
 EMBEDDED = config["data"]["source"] == "embedded"
+# torch's intra-op threads in the tokenizer, pretraining and fine-tuning jobs (a param of each, so
+# a change reruns them): from the config, never from `threads`, which --cores caps, so that
+# --cores does not change the results.
+TORCH_THREADS = config["compute"]["torch_threads"]
 FUTURE_SAMPLES = ["ZH_Htautau", "Z_Ztautau", "qq"]
 JETCLASS_PROCESSES = ["ZJetsToNuNu", "TTBar"]
 

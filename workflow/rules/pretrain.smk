@@ -12,20 +12,21 @@ rule pretrain:
         command=pretrain_command(),
         settings=settings_payload("pretrain"),
         output_dir=lambda wildcards, output: str(Path(output[0]).parent),
+        torch_threads=TORCH_THREADS,
     log:
         result(paths.LOGS.format(stage="pretrain", name="pretrain")),
     benchmark:
         result(paths.BENCHMARKS.format(stage="pretrain", name="pretrain"))
     conda:
         "../../envs/taufm.yaml"
-    threads: 4  # capped at --cores locally
+    threads: TORCH_THREADS  # compute.torch_threads, for scheduling; --cores may cap it, --threads below stays
     resources:
         mem_mb=8000,
         runtime=720,
         gpu=PRETRAIN["processes"] if PRETRAIN["device"] != "cpu" else 0,
     shell:
         "{params.command:q} --settings {params.settings:q} --output-dir {params.output_dir:q}"
-        " --threads {threads} {input:q} 2> {log:q}"
+        " --threads {params.torch_threads:q} {input:q} 2> {log:q}"
 
 
 rule pretrain_loss_curve:

@@ -14,20 +14,21 @@ rule train_tokenizer:
         code=CODE["tokenizer"],
         settings=tokenizer_settings(),
         output_dir=lambda wildcards, output: str(Path(output.model).parent),
+        torch_threads=TORCH_THREADS,
     log:
         result(paths.LOGS.format(stage="tokenizer", name="train_tokenizer")),
     benchmark:
         result(paths.BENCHMARKS.format(stage="tokenizer", name="train_tokenizer"))
     conda:
         "../../envs/taufm.yaml"
-    threads: 4  # capped at --cores locally
+    threads: TORCH_THREADS  # compute.torch_threads, for scheduling; --cores may cap it, --threads below stays
     resources:
         mem_mb=8000,
         runtime=240,
         gpu=1 if TOKENIZER["device"] != "cpu" else 0,
     shell:
         "taufm train-tokenizer --settings {params.settings:q} --output-dir {params.output_dir:q}"
-        " --threads {threads} {input:q} 2> {log:q}"
+        " --threads {params.torch_threads:q} {input:q} 2> {log:q}"
 
 
 rule tokenizer_checks:
