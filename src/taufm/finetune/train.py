@@ -2,11 +2,13 @@
 
 Strategies (SPEC §7): ``scratch`` (the backbone architecture, randomly initialised, trained),
 ``fixed`` (pretrained weights, frozen throughout), ``finetune`` (pretrained, frozen for the first
-``unfreeze_epoch`` epochs, then trained) and ``part`` (the supervised Particle Transformer on the
-candidate features, no tokenizer or backbone). Ablations are strategies too:
-``finetune-unfreeze<K>`` unfreezes after K epochs and ``finetune-blocks<B>`` uses only the first B
-pretrained blocks. Frozen means ``requires_grad=False`` and eval-mode dropout, never a zero
-learning rate. The tokenizer is frozen in every strategy: the backbone reads the token shards.
+``unfreeze_epoch`` epochs, then trained) and ``part`` (the supervised Particle Transformer, with
+its pairwise interaction features, on the candidate features; no tokenizer or backbone).
+Ablations are strategies too: ``finetune-unfreeze<K>`` unfreezes after K epochs and
+``finetune-blocks<B>`` uses only the first B pretrained blocks. Frozen means
+``requires_grad=False`` and eval-mode dropout, never a zero learning rate. The tokenizer is frozen
+in every strategy: the backbone reads the token shards. Every run's summary also states the
+model's cost: parameters (all, and trainable at the end) and the FLOPs of one forward pass per jet.
 """
 
 from __future__ import annotations
@@ -35,17 +37,18 @@ from taufm.ingest.shards import CANDIDATE_COLUMNS, MASK_COLUMN, ShardWriter
 from taufm.io import atomic_output
 from taufm.models.gpt import GPTBackbone, GPTConfig
 from taufm.models.heads import HeadConfig, TaskHead
-from taufm.models.part import ParTConfig, ParticleTransformer
+from taufm.models.part import PART_PREPROCESSING, ParTConfig, ParticleTransformer
 from taufm.pretrain.data import token_vocabulary
 from taufm.pretrain.train import load_backbone
-from taufm.tokenizer.preprocessing import Preprocessing
 from taufm.train.runtime import (
     History,
     adamw,
     autocast,
     cpu_copy,
+    forward_flops_per_jet,
     load_checkpoint,
     load_state_strict,
+    parameter_counts,
     resumable_state,
     rng_state,
     run_identity,
@@ -59,6 +62,7 @@ from taufm.train.runtime import (
 log = logging.getLogger(__name__)
 
 LAST_CHECKPOINT = "checkpoint_last.pt"  # beside the run's outputs, not one of them
+FLOP_COUNT_JETS = 32  # validation jets whose forward pass flops_per_jet is counted on
 
 _FEATURE_COLUMNS = tuple(c for c in CANDIDATE_COLUMNS if c not in ("cand_d0", "cand_d0err", "cand_dz", "cand_dzerr"))
 
@@ -103,6 +107,11 @@ class FoundationModel(nn.Module):
         return self.head(self.backbone(tokens, mask, n_blocks=self.n_blocks), mask)
 
 
+def backbone_trainable(strategy: Strategy, epoch: int) -> bool:
+    """Whether the strategy trains its backbone in ``epoch`` (the ParT has none: always True)."""
+    return strategy.unfreeze_epoch is not None and epoch >= strategy.unfreeze_epoch
+
+
 def set_backbone_trainable(model: nn.Module, trainable: bool) -> None:
     """Freeze (requires_grad False, eval-mode dropout) or unfreeze the backbone."""
     backbone = getattr(model, "backbone", None)
@@ -118,11 +127,16 @@ def _file_digest(path: Path) -> str:
 
 
 def model_inputs(strategy: Strategy, data: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """Tokens and mask for backbone strategies; preprocessed candidate features for ParT."""
+    """Tokens and mask for backbone strategies; preprocessed candidate features for ParT.
+
+    The ParT's pairwise features need each candidate's pT, Δη, Δφ and mass (its energy follows
+    from them), which the first four preprocessed channels hold invertibly: the model reads them
+    back itself (``taufm.models.part``), with this same :data:`PART_PREPROCESSING`.
+    """
     if strategy.uses_backbone:
         return data["tokens"].astype(np.int64), data["token_mask"].astype(bool)
     features = np.stack([data[c] for c in _FEATURE_COLUMNS], axis=-1).astype(np.float32)
-    prepared = Preprocessing(max_abs_angle=None).model_inputs(features, data[MASK_COLUMN].astype(bool))
+    prepared = PART_PREPROCESSING.model_inputs(features, data[MASK_COLUMN].astype(bool))
     return prepared["inputs"], prepared["mask"]
 
 
@@ -237,7 +251,7 @@ def run_finetune(
         log.info("resuming from %s after epoch %d", last, start_epoch - 1)
     started = time.perf_counter()
     for epoch in range(start_epoch, 0 if finished else settings.epochs):
-        trainable = strategy.unfreeze_epoch is not None and epoch >= strategy.unfreeze_epoch
+        trainable = backbone_trainable(strategy, epoch)
         model.train()
         set_backbone_trainable(model, trainable)
         order = torch.randperm(size, generator=generator).numpy()
@@ -290,6 +304,12 @@ def run_finetune(
     if best_state is None:
         raise TaufmError(f"{task}/{strategy.name}: the validation loss was never finite")
     model.load_state_dict(best_state)
+    # As the last epoch trained it (a resumed, finished cell runs no epoch to set it).
+    set_backbone_trainable(model, backbone_trainable(strategy, int(history.rows[-1]["epoch"])))
+    cost = {
+        **parameter_counts(model),
+        "flops_per_jet": forward_flops_per_jet(model, *(torch.from_numpy(a[:FLOP_COUNT_JETS]).to(device) for a in (x_val, m_val))),
+    }
 
     resolved = {
         "task": task,
@@ -312,7 +332,7 @@ def run_finetune(
             keep = ("sample", "event", "jet_index", "label", "decay_mode", "jet_pt", "jet_eta", "gen_tau_vis_pt", "target")
             writer.write({**{k: data[k] for k in keep}, **predict(task, outputs, data)})
         writer.manifest = {"stage": "finetune", "task": task, "strategy": strategy.name, "size": size, "seed": seed, "test_jets": {s: int(len(d["target"])) for s, d in tests.items()}}
-    summary = {**resolved, "best_epoch": best["epoch"], "best_val_loss": best["val_loss"], "training_seconds": seconds, "device": str(device)}
+    summary = {**resolved, "best_epoch": best["epoch"], "best_val_loss": best["val_loss"], "training_seconds": seconds, "device": str(device), **cost}
     for name, payload in (("config.json", resolved), ("summary.json", summary)):
         with atomic_output(output_dir / name) as tmp:
             tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")

@@ -10,6 +10,10 @@ which lets padding in; here the masks are boolean (True = may attend). A padded 
 to itself so that nothing becomes NaN, and the class token always sees itself, so a jet with no
 real candidates still gives a finite output. Nothing carries position: the head is invariant
 under permutations of a jet's candidates.
+
+The particle blocks optionally take an additive attention bias per head and candidate pair (the
+ParT baseline's embedded pairwise features); without one (the default, as for the foundation-model
+strategies) they compute exactly what they did before the bias existed.
 """
 
 from __future__ import annotations
@@ -76,10 +80,13 @@ class Attention(nn.Module):
         b, n, d = x.shape
         return x.view(b, n, self.n_heads, d // self.n_heads).transpose(1, 2)
 
-    def forward(self, queries: torch.Tensor, context: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
-        """``allowed``: boolean, broadcastable to (batch, heads, n_queries, n_context)."""
+    def forward(self, queries: torch.Tensor, context: torch.Tensor, allowed: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        """``allowed``: boolean, broadcastable to (batch, heads, n_queries, n_context). ``bias``:
+        optional, (batch, heads, n_queries, n_context), added to the logits where ``allowed``;
+        pairs not allowed stay excluded (-inf) whatever the bias holds there."""
         q, k, v = self._split(self.query(queries)), self._split(self.key(context)), self._split(self.value(context))
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=self.dropout if self.training else 0.0)
+        attn_mask = allowed if bias is None else bias.to(q.dtype).masked_fill(~allowed, float("-inf"))
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0)
         b, n, d = queries.shape
         return self.out(y.transpose(1, 2).reshape(b, n, d))
 
@@ -106,10 +113,11 @@ class ParticleAttentionBlock(_PreNormAttentionBlock):
     """ParT-style block: pre-LN self-attention across the real candidates, then a pre-LN FFN,
     each with a residual connection; padded positions come out as zeros."""
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """x (batch, length, dim), mask (batch, length) boolean, True for real candidates."""
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, attention_bias: torch.Tensor | None = None) -> torch.Tensor:
+        """x (batch, length, dim), mask (batch, length) boolean, True for real candidates;
+        attention_bias (batch, n_heads, length, length) added to the attention logits, or None."""
         h = self.norm1(x)
-        x = x + self.dropout(self.attn(h, h, attention_mask(mask)))
+        x = x + self.dropout(self.attn(h, h, attention_mask(mask), attention_bias))
         x = x + self.dropout(self.ffn(self.norm2(x)))
         return x.masked_fill(~mask[..., None], 0.0)
 
@@ -128,7 +136,11 @@ class ClassAttentionBlock(_PreNormAttentionBlock):
 
 
 class TaskHead(nn.Module):
-    """Per-candidate inputs (batch, length, input_dim) and their mask -> outputs (batch, n_outputs)."""
+    """Per-candidate inputs (batch, length, input_dim) and their mask -> outputs (batch, n_outputs).
+
+    ``attention_bias`` (batch, n_heads, length, length), if given, is added to the attention logits
+    of every particle block; the class-attention blocks never see it.
+    """
 
     def __init__(self, input_dim: int, n_outputs: int, config: HeadConfig) -> None:
         super().__init__()
@@ -149,13 +161,17 @@ class TaskHead(nn.Module):
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, attention_bias: torch.Tensor | None = None) -> torch.Tensor:
         if mask.dtype != torch.bool:
             raise TypeError(f"mask must be boolean (True = real candidate), got {mask.dtype}")
+        if attention_bias is not None:
+            expected = (x.shape[0], self.config.n_heads, x.shape[1], x.shape[1])
+            if tuple(attention_bias.shape) != expected:
+                raise ValueError(f"attention_bias must have shape (batch, n_heads, length, length) = {expected}, got {tuple(attention_bias.shape)}")
         # masked_fill, not multiplication: padding holding inf or NaN must not leak in either.
         x = self.input_projection(x.masked_fill(~mask[..., None], 0.0)).masked_fill(~mask[..., None], 0.0)
         for block in self.particle_blocks:
-            x = block(x, mask)
+            x = block(x, mask, attention_bias)
         cls_token = self.cls_token.expand(x.shape[0], -1, -1)
         for block in self.class_blocks:
             cls_token = block(cls_token, x, mask)

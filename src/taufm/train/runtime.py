@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from taufm.config import config_hash
 from taufm.errors import TaufmError
@@ -182,6 +183,54 @@ def load_state_strict(module: torch.nn.Module, state: Mapping[str, torch.Tensor]
         module.load_state_dict(state, strict=True)
     except RuntimeError as err:
         raise TaufmError(f"{path}: weights do not fit the model: {err}") from err
+
+
+def parameter_counts(model: torch.nn.Module) -> dict[str, int]:
+    """``n_parameters`` (all, shared ones once) and ``n_trainable_parameters`` (requires_grad now)."""
+    parameters = list(model.parameters())
+    return {"n_parameters": sum(p.numel() for p in parameters), "n_trainable_parameters": sum(p.numel() for p in parameters if p.requires_grad)}
+
+
+def _attention_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    """FLOPs of scaled-dot-product attention: the two batched products, logits and weighted sum
+    (the formula torch registers for its GPU kernels; masking and causality are not discounted)."""
+    batch, heads, n_queries, query_dim = query_shape
+    n_keys, value_dim = key_shape[-2], value_shape[-1]
+    return 2 * batch * heads * n_queries * n_keys * (query_dim + value_dim)
+
+
+# Kernels FlopCounterMode has no formula for; without these, attention on CPU would count zero.
+_EXTRA_FLOP_FORMULAS = {
+    getattr(torch.ops.aten, name): _attention_flops
+    for name in ("_scaled_dot_product_flash_attention_for_cpu",)
+    if hasattr(torch.ops.aten, name)
+}
+
+
+def forward_flops_per_jet(model: torch.nn.Module, *example_inputs: torch.Tensor) -> float:
+    """FLOPs of one forward pass of ``model`` per jet, counted by
+    ``torch.utils.flop_counter.FlopCounterMode`` on ``example_inputs`` (a batch of real inputs;
+    their first dimension is the batch), in eval mode.
+
+    What is counted are the matrix products, convolutions and attention kernels (a multiply-add is
+    2 FLOPs); elementwise operations, norms and indexing are not. Attention is counted over the
+    padded length. The model's train/eval modes, module by module, are restored afterwards.
+    """
+    if not example_inputs or example_inputs[0].ndim == 0 or example_inputs[0].shape[0] < 1:
+        shape = tuple(example_inputs[0].shape) if example_inputs else None
+        raise TaufmError(f"forward_flops_per_jet needs a non-empty batch of example inputs, got shape {shape}")
+    modes = {module: module.training for module in model.modules()}
+    model.eval()
+    try:
+        # Not under no_grad: there FlopCounterMode's module tracker fails on a view of a parameter
+        # passed into a submodule (the head's class token). No backward pass runs, so only the
+        # forward is counted.
+        with FlopCounterMode(display=False, custom_mapping=_EXTRA_FLOP_FORMULAS) as counter:
+            model(*example_inputs)
+    finally:
+        for module, training in modes.items():
+            module.training = training
+    return counter.get_total_flops() / example_inputs[0].shape[0]
 
 
 class History:
