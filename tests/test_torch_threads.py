@@ -1,5 +1,6 @@
-"""`snakemake --cores N` does not change the results: the torch thread count of the tokenizer,
-pretraining and fine-tuning jobs is compute.torch_threads, not the (capped) `threads` of the rule.
+"""`snakemake --cores N` does not change the results: the torch thread count of the tokenizer and
+pretraining jobs is compute.torch_threads, that of each fine-tuning cell compute.finetune_threads,
+never the (capped) `threads` of the rule.
 Dry runs only (`snakemake -n -p`): the rendered shell commands are compared."""
 
 from __future__ import annotations
@@ -35,12 +36,15 @@ def planned_torch_threads(tmp_path: Path, cores: int, override: dict | None = No
 
 
 def test_cores_do_not_change_the_torch_threads_of_training_jobs(tmp_path):
-    configured = yaml.safe_load((ROOT / "config.yaml").read_text())["compute"]["torch_threads"]
-    assert configured > 1, "with one thread, capping at --cores 1 would go unnoticed"
-    one_core = planned_torch_threads(tmp_path, 1)
-    three_cores = planned_torch_threads(tmp_path, 3)
-    assert one_core == three_cores == {command: {configured} for command in TRAINING_COMMANDS}
+    configured = yaml.safe_load((ROOT / "config.yaml").read_text())["compute"]
+    assert configured["torch_threads"] > 1, "with one thread, capping at --cores 1 would go unnoticed"
+    expected = {"train-tokenizer": {configured["torch_threads"]}, "pretrain": {configured["torch_threads"]}, "finetune": {configured["finetune_threads"]}}
+    one_core = planned_torch_threads(tmp_path, 1, {"compute": {"finetune_threads": 2}})
+    three_cores = planned_torch_threads(tmp_path, 3, {"compute": {"finetune_threads": 2}})
+    assert one_core == three_cores == {**expected, "finetune": {2}}
+    assert planned_torch_threads(tmp_path, 3) == expected
 
 
 def test_the_torch_threads_are_those_of_the_config(tmp_path):
-    assert planned_torch_threads(tmp_path, 1, {"compute": {"torch_threads": 3}}) == {command: {3} for command in TRAINING_COMMANDS}
+    planned = planned_torch_threads(tmp_path, 1, {"compute": {"torch_threads": 3, "finetune_threads": 4}})
+    assert planned == {"train-tokenizer": {3}, "pretrain": {3}, "finetune": {4}}

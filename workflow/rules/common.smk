@@ -19,6 +19,7 @@ EMBEDDED = config["data"]["source"] == "embedded"
 # a change reruns them): from the config, never from `threads`, which --cores caps, so that
 # --cores does not change the results.
 TORCH_THREADS = config["compute"]["torch_threads"]
+FINETUNE_THREADS = config["compute"]["finetune_threads"]
 FUTURE_SAMPLES = ["ZH_Htautau", "Z_Ztautau", "qq"]
 JETCLASS_PROCESSES = ["ZJetsToNuNu", "TTBar"]
 

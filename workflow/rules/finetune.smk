@@ -22,14 +22,14 @@ rule finetune:
         shards=lambda wildcards: [f"{name}={s}" for name, files in finetune_shards(wildcards).items() for s in files],
         backbone=lambda wildcards: [] if wildcards.strategy == "part" else ["--backbone", result(f"{paths.PRETRAIN_DIR}/backbone_best.pt")],
         output_dir=lambda wildcards, output: str(Path(output[0]).parent),
-        torch_threads=TORCH_THREADS,
+        torch_threads=FINETUNE_THREADS,
     log:
         result(paths.LOGS.format(stage="finetune", name="{task}_{strategy}_n{size}_seed{seed}")),
     benchmark:
         result(paths.BENCHMARKS.format(stage="finetune", name="{task}_{strategy}_n{size}_seed{seed}"))
     conda:
         "../../envs/taufm.yaml"
-    threads: TORCH_THREADS  # compute.torch_threads, for scheduling; --cores may cap it, --threads below stays
+    threads: FINETUNE_THREADS  # compute.finetune_threads, for scheduling; --cores may cap it, --threads below stays
     resources:
         mem_mb=4000,
         runtime=120,
