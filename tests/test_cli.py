@@ -54,9 +54,3 @@ def test_malformed_json_is_refused(tmp_path, capsys):
     assert "not valid JSON" in capsys.readouterr().err
 
 
-def test_paper_figures_without_a_metrics_table_is_named(tmp_path, capsys):
-    code = main(["paper-figures", "--metrics", str(tmp_path / "nowhere.parquet"), "--finetune-dir", str(tmp_path), "--size", "100",
-                 "--ablation-size", "100", "--unfreeze-epoch", "1", "--n-blocks", "2", "--output-dir", str(tmp_path / "figures")])
-    assert code == 2
-    assert "nowhere.parquet: not a readable metrics table" in capsys.readouterr().err
-    assert not (tmp_path / "figures").exists()

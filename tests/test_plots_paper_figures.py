@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import json
+from pathlib import Path
 
 import matplotlib.image
 import numpy as np
@@ -13,9 +15,10 @@ import pytest
 from sklearn.metrics import roc_auc_score, roc_curve
 
 from taufm.errors import TaufmError
+from taufm.evaluate.metrics import DETAILS_FILE, evaluate_run, misid_at_efficiencies
 from taufm.physics.tau import DECAY_MODE_NAMES
 from taufm.plots import paper_figures
-from taufm.plots.paper_figures import fig4_validation_loss, fig5_physics, fig7_ablations, misid_curve, summary_table
+from taufm.plots.paper_figures import fig4_validation_loss, fig5_physics, fig7_ablations, runs_from_details, summary_table
 
 TASKS = ("tau_id", "pt_regression", "decay_mode")
 STRATEGIES = ("scratch", "fixed", "finetune", "part")
@@ -279,10 +282,16 @@ def _predictions(task: str, strategy: str, seed: int, overrides: dict | None = N
     return pa.table(columns)
 
 
-def _run_dir(root, task, strategy, seed, table=None):
-    directory = root / "finetune" / task / strategy / "n10000" / f"seed{seed}"
+def _run_dir(root, task, strategy, seed, table=None, size=10000):
+    """A run directory as the metrics stage leaves it: predictions, summary, history and the
+    metrics details Fig. 5 draws (written by taufm.evaluate.metrics.evaluate_run)."""
+    directory = root / "finetune" / task / strategy / f"n{size}" / f"seed{seed}"
     directory.mkdir(parents=True)
     pq.write_table(_predictions(task, strategy, seed) if table is None else table, directory / "predictions.parquet")
+    (directory / "summary.json").write_text(json.dumps({"task": task, "strategy": strategy, "size": size, "seed": seed}))
+    (directory / "history.csv").write_text("epoch,val_loss\n0,0.5\n")
+    _, details = evaluate_run(directory, n_bootstrap=5)
+    (directory / DETAILS_FILE).write_text(json.dumps(details))
     return directory
 
 
@@ -374,11 +383,33 @@ def test_fig5_numbers_and_files(tmp_path, fig5_runs):
 def test_misid_curve_by_hand():
     signal = np.arange(1, 11) / 10  # 0.1 ... 1.0
     background = np.array([0.05, 0.25, 0.3, 0.35, 0.95])
+    label, score = np.r_[np.ones(10), np.zeros(5)], np.r_[signal, background]
     # ROC points (efficiency, misID) from the highest cut down: (0.1, 0) (0.1, 0.2) (0.2, 0.2) ...
     # (0.7, 0.2) (0.7, 0.4) (0.8, 0.6) (0.8, 0.8) (0.9, 0.8) (1, 0.8) (1, 1).
-    assert misid_curve(signal, background, 0.8) == pytest.approx(0.6)  # reached exactly: lowest misID
+    assert misid_at_efficiencies(label, score, [0.8]) == pytest.approx([0.6])  # reached exactly: lowest misID
     # 0.2 exactly; 0.75 halfway from (0.7, 0.4) to (0.8, 0.6); 0.85 from (0.8, 0.8) to (0.9, 0.8); 1.
-    assert misid_curve(signal, background, np.array([0.2, 0.75, 0.85, 1.0])) == pytest.approx([0.2, 0.5, 0.8, 0.8])
+    assert misid_at_efficiencies(label, score, [0.2, 0.75, 0.85, 1.0]) == pytest.approx([0.2, 0.5, 0.8, 0.8])
+
+
+def test_figures_draw_stored_numbers_and_compute_no_metric():
+    """One implementation of each metric (taufm.evaluate.metrics): the figure code imports no
+    metric library and defines no ROC, AUC or quantile of its own."""
+    source = Path(paper_figures.__file__).read_text()
+    for forbidden in ("sklearn", "roc_curve", "roc_auc", "percentile", "quantile", "predictions.parquet"):
+        assert forbidden not in source, forbidden
+
+
+def test_fig5_draws_the_listed_runs_only(tmp_path, captured):
+    """The run list comes from the workflow: a run directory left from an earlier config (here a
+    seed no longer in the grid) is not drawn, and runs of other sizes are not either."""
+    listed = [_run_dir(tmp_path, "tau_id", "finetune", seed) / DETAILS_FILE for seed in SEEDS]
+    listed.append(_run_dir(tmp_path, "tau_id", "finetune", 0, size=1000) / DETAILS_FILE)
+    stale = _run_dir(tmp_path, "tau_id", "finetune", 7)  # beside the others, not listed
+    runs = runs_from_details(listed, 10000)
+    assert runs == {"tau_id": {"finetune": [p.parent for p in listed[:2]]}}
+    summary = fig5_physics(runs, tmp_path / "fig5", 10000)
+    assert summary["tau_id"]["finetune"]["runs"] == [str(p.parent) for p in listed[:2]]
+    assert str(stale) not in json.dumps(summary)
 
 
 def test_fig5_single_seed_and_missing_tasks(tmp_path, captured):
@@ -413,38 +444,49 @@ def test_fig5_runs_without_background_jets_are_a_no_data_panel(tmp_path, capture
     assert _panel_texts(captured[0])[0].startswith("no runs with Z_Ztautau τ jets")
 
 
+def test_fig5_leaves_out_a_diverged_run_with_a_warning(tmp_path, caplog):
+    table = _predictions("tau_id", "finetune", 0)
+    score = table["score"].to_numpy().copy()
+    score[3] = np.nan
+    table = table.set_column(table.schema.get_field_index("score"), "score", pa.array(score, pa.float32()))
+    runs = {"tau_id": {"finetune": [_run_dir(tmp_path, "tau_id", "finetune", 0, table), _run_dir(tmp_path, "tau_id", "finetune", 1)]}}
+    with caplog.at_level("WARNING"):
+        summary = fig5_physics(runs, tmp_path / "fig5", 10000)
+    assert summary["tau_id"]["finetune"]["n_seeds"] == 1
+    assert "no finite misID curve" in caplog.text and "seed0" in caplog.text
+
+
 def _bad_fig5(tmp_path, case):
     good = _run_dir(tmp_path, "tau_id", "scratch", 0)
-    if case == "no-predictions":
-        empty = tmp_path / "finetune" / "tau_id" / "finetune" / "n10000" / "seed0"
-        empty.mkdir(parents=True)
-        return {"tau_id": {"scratch": [good], "finetune": [empty]}}
+    if case == "no-details":
+        directory = _run_dir(tmp_path, "tau_id", "finetune", 0)
+        (directory / DETAILS_FILE).unlink()
+        return {"tau_id": {"scratch": [good], "finetune": [directory]}}
     if case == "no-directory":
         return {"tau_id": {"scratch": [good, tmp_path / "absent"]}}
-    if case == "missing-column":
-        table = _predictions("pt_regression", "scratch", 0).drop_columns(["pred_pt"])
-        return {"tau_id": {"scratch": [good]}, "pt_regression": {"scratch": [_run_dir(tmp_path, "pt_regression", "scratch", 0, table)]}}
+    if case == "missing-curve":
+        directory = _run_dir(tmp_path, "pt_regression", "scratch", 0)
+        details = json.loads((directory / DETAILS_FILE).read_text())
+        del details["samples"]["Z_Ztautau"]["curves"]["response"]
+        (directory / DETAILS_FILE).write_text(json.dumps(details))
+        return {"tau_id": {"scratch": [good]}, "pt_regression": {"scratch": [directory]}}
     if case == "corrupt":
         directory = _run_dir(tmp_path, "decay_mode", "scratch", 0)
-        (directory / "predictions.parquet").write_bytes(b"not parquet")
+        (directory / DETAILS_FILE).write_text("{not json")
         return {"decay_mode": {"scratch": [directory]}}
-    if case == "nan-score":
-        table = _predictions("tau_id", "finetune", 0)
-        score = table["score"].to_numpy().copy()
-        score[3] = np.nan
-        table = table.set_column(table.schema.get_field_index("score"), "score", pa.array(score, pa.float32()))
-        return {"tau_id": {"finetune": [_run_dir(tmp_path, "tau_id", "finetune", 0, table)]}}
+    if case == "other-task":
+        return {"decay_mode": {"scratch": [good]}}
     return {"tauid": {"scratch": [good]}}
 
 
 @pytest.mark.parametrize(
     ("case", "message"),
     [
-        ("no-predictions", r"seed0 has no predictions\.parquet"),
+        ("no-details", r"seed0/metrics_details\.json does not exist"),
         ("no-directory", "absent does not exist"),
-        ("missing-column", r"predictions\.parquet has no column\(s\) pred_pt"),
-        ("corrupt", r"cannot read .*predictions\.parquet"),
-        ("nan-score", "column score has NaN"),
+        ("missing-curve", r"metrics_details\.json: sample Z_Ztautau has no curves\.response"),
+        ("corrupt", r"cannot read .*metrics_details\.json"),
+        ("other-task", "a tau_id run, listed as decay_mode"),
         ("unknown-task", "unknown task.*'tauid'"),
     ],
 )

@@ -345,9 +345,12 @@ def slurm_smoke_run(slurm_cluster, tmp_path_factory):
     results = base / "results"
     smoke = yaml.safe_load(SMOKE.read_text())
     override = base / "gpu.yaml"
-    override.write_text(
-        yaml.safe_dump({"results_dir": str(results), **{stage: {**smoke[stage], "device": "auto"} for stage in ("tokenizer", "pretrain", "finetune")}})
-    )
+    # The whole chain, with one fine-tuning cell (Fig. 6 needs it): every rule kind goes through
+    # Slurm, and the test suite keeps its time; the local runs cover the whole grid.
+    stages = {stage: {**smoke[stage], "device": "auto"} for stage in ("tokenizer", "pretrain", "finetune")}
+    stages["finetune"]["grid"] = {**smoke["finetune"]["grid"], "tasks": ["decay_mode"], "strategies": ["finetune"]}
+    stages["finetune"]["ablations"] = {**smoke["finetune"]["ablations"], "tasks": []}
+    override.write_text(yaml.safe_dump({"results_dir": str(results), **stages}))
     profile = slurm_test_profile(base / "profile")
     cmd = [sys.executable, "-m", "snakemake", "--profile", str(profile), "all", "--configfile", str(SMOKE), str(override)]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1800)
@@ -380,28 +383,105 @@ def test_slurm_profile_runs_the_smoke_preset_with_gpus_for_training_only(slurm_c
         assert record["slurm_job_id"] in {job["JobID"] for job in by_rule[rule]}, "the record names the Slurm job"
 
 
+def _comparable_outputs(results: Path) -> dict[Path, object]:
+    """What two smoke runs with the same seeds must agree on, by relative path: the bytes of the
+    simulated files, jet and token shards, tokenizer and backbone; the tensors of every fine-tuned
+    model (its file also records the run's paths); every prediction, metric and comparison."""
+    import torch
+
+    found: dict[Path, object] = {}
+    for subdir, pattern in (("simulated", "*.root"), ("ingested", "*.parquet"), ("tokenized", "*.parquet"), ("tokenizer", "tokenizer.pt"),
+                            ("pretrain", "backbone*.pt")):
+        for path in (results / subdir).rglob(pattern):
+            found[path.relative_to(results)] = path.read_bytes()
+    for path in (results / "finetune").rglob("model.pt"):
+        found[path.relative_to(results)] = torch.load(path, map_location="cpu", weights_only=False)["model"]
+    for pattern in ("finetune/**/predictions.parquet", "metrics.parquet", "comparisons.parquet"):
+        for path in results.glob(pattern):
+            found[path.relative_to(results)] = pq.read_table(path).to_pandas()
+    return found
+
+
+def assert_same_outputs(first: Path, second: Path, only: set[Path] | None = None) -> None:
+    import torch
+
+    ours, theirs = _comparable_outputs(first), _comparable_outputs(second)
+    if only is not None:
+        ours = {k: v for k, v in ours.items() if k in only}
+    assert sorted(ours) == sorted(k for k in theirs if only is None or k in only) and ours
+    for relative, value in ours.items():
+        other = theirs[relative]
+        if isinstance(value, dict):
+            assert value.keys() == other.keys() and all(torch.equal(value[k], other[k]) for k in value), relative
+        elif isinstance(value, bytes):
+            assert value == other, relative
+        else:
+            assert value.shape == other.shape and value.equals(other), relative
+
+
+KILL_AFTER = "a fine-tuning cell's first epoch"
+
+
 @pytest.fixture(scope="session")
-def second_smoke_run(request, tmp_path_factory):
-    """A second full smoke run with the same seeds: the Slurm run where a test cluster can start
-    (its training stages ran with device auto, which is the CPU here), else a local one."""
-    from tests.slurm_cluster import unavailable_reason
+def killed_and_resumed_run(tmp_path_factory):
+    """The smoke run killed with SIGKILL, snakemake and every job it started (a lost node, kill -9
+    of the process group), while fine-tuning: as soon as a cell has written its first epoch's
+    checkpoint and not yet its summary. Then the README's instructions, word for word:
+    ``snakemake --unlock`` and the same command again."""
+    import os
+    import signal
+    import time
 
-    if unavailable_reason() is None:
-        results, _ = request.getfixturevalue("slurm_smoke_run")
-        return results
-    results = tmp_path_factory.mktemp("smoke-again") / "results"
-    snakemake("--config", f"results_dir={results}")
-    return results
+    results = tmp_path_factory.mktemp("killed") / "results"
+    args = ["--config", f"results_dir={results}"]
+    cmd = [sys.executable, "-m", "snakemake", "--cores", "2", "--configfile", str(SMOKE), *args]
+    process = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline, killed_in = time.monotonic() + 1200, None
+    try:
+        while process.poll() is None and time.monotonic() < deadline:
+            cells = [c.parent for c in (results / "finetune").glob("*/*/*/*/checkpoint_last.pt")]
+            unfinished = [c for c in cells if not (c / "summary.json").exists()]
+            if unfinished:
+                os.killpg(process.pid, signal.SIGKILL)
+                killed_in = unfinished
+                break
+            time.sleep(0.1)
+    finally:
+        if process.poll() is None and killed_in is None:
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    assert killed_in, f"the run ended (exit {process.returncode}) before {KILL_AFTER}: nothing was killed"
+    locked = snakemake(*args, "--dry-run", check=False)
+    assert locked.returncode != 0 and "cannot be locked" in locked.stdout + locked.stderr, "a killed run leaves its lock"
+    snakemake(*args, "--unlock")
+    resumed = snakemake(*args)
+    return results, killed_in, resumed
 
 
-def test_two_runs_with_one_seed_are_identical(smoke_run, second_smoke_run):
-    """Byte-identical ROOT files, jet shards, tokenizer and token shards; identical metrics."""
-    for subdir, pattern in (("simulated", "*.root"), ("ingested", "*.parquet"), ("tokenized", "*.parquet"), ("tokenizer", "tokenizer.pt")):
-        first = sorted(p.relative_to(smoke_run) for p in (smoke_run / subdir).rglob(pattern))
-        second = sorted(p.relative_to(second_smoke_run) for p in (second_smoke_run / subdir).rglob(pattern))
-        assert first == second and first, subdir
-        for relative in first:
-            assert (smoke_run / relative).read_bytes() == (second_smoke_run / relative).read_bytes(), relative
-    first, second = (pq.read_table(run / "metrics.parquet").to_pandas() for run in (smoke_run, second_smoke_run))
-    assert first.shape == second.shape and len(first) > 0
-    assert first.equals(second), "the metrics tables differ"
+def test_a_killed_run_resumes_as_the_readme_says_and_equals_an_uninterrupted_one(smoke_run, killed_and_resumed_run):
+    results, killed_in, resumed = killed_and_resumed_run
+    logs = {p.name: p.read_text() for p in (results / "logs" / "finetune").glob("*.log")}
+    resumed_cells = [name for name, text in logs.items() if "resuming from" in text]
+    assert resumed_cells, f"no fine-tuning cell resumed from its checkpoint (killed in {killed_in})"
+    assert_same_outputs(smoke_run, results)
+
+
+def test_a_forced_tokenizer_rerun_rewrites_its_outputs(killed_and_resumed_run):
+    """Snakemake deletes a job's outputs before a forced rerun; the tokenizer then resumes from its
+    finished checkpoint and must still write them all, with the same weights."""
+    results, _, _ = killed_and_resumed_run
+    tokenizer = results / "tokenizer" / "tokenizer.pt"
+    before = tokenizer.read_bytes()
+    snakemake("--config", f"results_dir={results}", str(tokenizer), "--forcerun", "train_tokenizer")
+    assert tokenizer.read_bytes() == before and (results / "tokenizer" / "history.csv").exists()
+
+
+def test_two_runs_with_one_seed_are_identical(smoke_run, slurm_smoke_run):
+    """The Slurm run (its training stages with device auto, the CPU here) against the local one:
+    byte-identical shards, tokenizer and backbone, equal models, predictions and metrics of the
+    cells both ran. Without a test cluster, the killed-and-resumed run covers the whole grid."""
+    results, _ = slurm_smoke_run
+    shared = {k for k in _comparable_outputs(results) if k.parts[0] != "finetune" and k.name not in ("metrics.parquet", "comparisons.parquet")}
+    shared |= {k for k in _comparable_outputs(results) if k.parts[0] == "finetune"}
+    assert any(k.parts[0] == "finetune" for k in shared)
+    assert_same_outputs(results, smoke_run, only=shared)

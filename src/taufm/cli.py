@@ -190,35 +190,37 @@ def _cmd_finetune(args: argparse.Namespace) -> dict:
 
 
 def _cmd_metrics(args: argparse.Namespace) -> None:
-    from taufm.evaluate.metrics import run_metrics
+    from taufm.evaluate.metrics import evaluate_run
     from taufm.io import atomic_output
 
-    rows = run_metrics(args.run_dir)
-    with atomic_output(args.output) as tmp:
+    rows, details = evaluate_run(args.run_dir, n_bootstrap=args.bootstrap_replicates, bootstrap_seed=args.bootstrap_seed)
+    with atomic_output(args.details) as tmp_details, atomic_output(args.output) as tmp:
+        tmp_details.write_text(json.dumps(details, sort_keys=True, default=str) + "\n")
         tmp.write_text(json.dumps(rows, indent=2, sort_keys=True, default=str) + "\n")
 
 
+def _read_json(path: str, what: str):
+    try:
+        with open(path) as handle:
+            return json.load(handle)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise TaufmError(f"{path}: not a {what} ({err})") from err
+
+
 def _cmd_aggregate_metrics(args: argparse.Namespace) -> None:
-    from taufm.evaluate.metrics import aggregate, write_table
-
-    rows = []
-    for path in args.inputs:
-        try:
-            rows.extend(json.loads(open(path).read()))
-        except (OSError, json.JSONDecodeError) as err:
-            raise TaufmError(f"{path}: not a metrics file ({err})") from err
-    write_table(aggregate(rows), args.csv, args.parquet)
-
-
-def _finetune_runs(root: str, size: int) -> dict[str, dict[str, list[str]]]:
-    """Run directories at one training size: task -> strategy -> seed directories."""
     from pathlib import Path
 
-    runs: dict[str, dict[str, list[str]]] = {}
-    for summary in sorted(Path(root).glob(f"*/*/n{size}/seed*/summary.json")):
-        run = summary.parent
-        runs.setdefault(run.parents[2].name, {}).setdefault(run.parents[1].name, []).append(str(run))
-    return runs
+    from taufm.evaluate.metrics import DETAILS_FILE, aggregate, compare_strategies, write_comparisons, write_table
+
+    rows, details = [], []
+    for path in args.inputs:
+        found = _read_json(path, "metrics file")
+        if not isinstance(found, list):
+            raise TaufmError(f"{path}: not a metrics file (a JSON list of rows)")
+        rows.extend(found)
+        details.append(_read_json(str(Path(path).with_name(DETAILS_FILE)), "run details file (written by `taufm metrics` beside it)"))
+    write_table(aggregate(rows, details), args.csv, args.parquet)
+    write_comparisons(compare_strategies(rows, details), args.comparisons_csv, args.comparisons_parquet)
 
 
 def _cmd_paper_figures(args: argparse.Namespace) -> None:
@@ -226,18 +228,20 @@ def _cmd_paper_figures(args: argparse.Namespace) -> None:
 
     import pyarrow.parquet as pq
 
-    from taufm.plots.paper_figures import fig4_validation_loss, fig5_physics, fig7_ablations, summary_table
+    from taufm.plots.paper_figures import fig4_validation_loss, fig5_physics, fig7_ablations, runs_from_details, summary_table
 
-    try:
-        rows = pq.read_table(args.metrics).to_pylist()
-    except Exception as err:  # missing or not Parquet
-        raise TaufmError(f"{args.metrics}: not a readable metrics table ({err})") from err
+    tables = {}
+    for name, path in (("metrics", args.metrics), ("comparisons", args.comparisons)):
+        try:
+            tables[name] = pq.read_table(path).to_pylist()
+        except Exception as err:  # missing or not Parquet
+            raise TaufmError(f"{path}: not a readable {name} table ({err})") from err
     out = Path(args.output_dir)
     summary = {
-        "fig4": fig4_validation_loss(rows, out / "fig4_validation_loss"),
-        "fig5": fig5_physics(_finetune_runs(args.finetune_dir, args.size), out / "fig5_physics", args.size),
-        "fig7": fig7_ablations(rows, out / "fig7_ablations", args.ablation_size, default_unfreeze_epoch=args.unfreeze_epoch, n_blocks_total=args.n_blocks),
-        "table": summary_table(rows, args.size, out / "summary_table.md", out / "summary_table.csv"),
+        "fig4": fig4_validation_loss(tables["metrics"], out / "fig4_validation_loss"),
+        "fig5": fig5_physics(runs_from_details(args.runs, args.size), out / "fig5_physics", args.size),
+        "fig7": fig7_ablations(tables["metrics"], out / "fig7_ablations", args.ablation_size, default_unfreeze_epoch=args.unfreeze_epoch, n_blocks_total=args.n_blocks),
+        "table": summary_table(tables["metrics"], args.size, out / "summary_table.md", out / "summary_table.csv", comparisons=tables["comparisons"]),
     }
     log.info("paper figures: %s", json.dumps(summary, default=str)[:2000])
 
@@ -354,25 +358,31 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--threads", type=_positive_int, default=None)
     ft.add_argument("shards", nargs="+", metavar="SAMPLE=PATH", help="token shards (or ingested shards for part) of each sample")
     ft.set_defaults(func=_cmd_finetune)
-    me = sub.add_parser("metrics", help="metrics of one fine-tuning run, per test sample (JSON rows)")
+    me = sub.add_parser("metrics", help="metrics of one fine-tuning run, per test sample, with bootstrap intervals (JSON rows)")
     me.add_argument("--run-dir", required=True)
-    me.add_argument("--output", required=True)
+    me.add_argument("--output", required=True, help="metrics.json: one row per test sample")
+    me.add_argument("--details", required=True, help="metrics_details.json: the figures' curves and the bootstrap replicates")
+    me.add_argument("--bootstrap-replicates", type=_non_negative_int, default=200, help="bootstrap replicates over the test jets (0: no intervals)")
+    me.add_argument("--bootstrap-seed", type=_non_negative_int, default=0)
     me.set_defaults(func=_cmd_metrics)
 
-    ag = sub.add_parser("aggregate-metrics", help="per-run metrics -> one tidy table with means and stds over seeds")
+    ag = sub.add_parser("aggregate-metrics", help="per-run metrics -> one tidy table with means and stds over seeds, and the strategy comparisons")
     ag.add_argument("--csv", required=True)
     ag.add_argument("--parquet", required=True)
-    ag.add_argument("inputs", nargs="+", help="metrics.json files of the runs")
+    ag.add_argument("--comparisons-csv", required=True, help="differences between strategies (fine-tune - scratch, ...) with intervals")
+    ag.add_argument("--comparisons-parquet", required=True)
+    ag.add_argument("inputs", nargs="+", help="metrics.json files of the runs (each with its metrics_details.json beside it)")
     ag.set_defaults(func=_cmd_aggregate_metrics)
 
-    pf = sub.add_parser("paper-figures", help="the paper's Fig. 4, 5, 7 and the headline table from the metrics and predictions")
+    pf = sub.add_parser("paper-figures", help="the paper's Fig. 4, 5, 7 and the headline table from the stored metrics")
     pf.add_argument("--metrics", required=True, help="metrics.parquet from aggregate-metrics")
-    pf.add_argument("--finetune-dir", required=True, help="the fine-tuning results directory")
+    pf.add_argument("--comparisons", required=True, help="comparisons.parquet from aggregate-metrics")
     pf.add_argument("--size", required=True, type=_positive_int, help="training size of Fig. 5 and the table (paper: 10000)")
     pf.add_argument("--ablation-size", required=True, type=_positive_int)
     pf.add_argument("--unfreeze-epoch", required=True, type=_non_negative_int)
     pf.add_argument("--n-blocks", required=True, type=_positive_int, help="blocks of the pretrained backbone")
     pf.add_argument("--output-dir", required=True)
+    pf.add_argument("runs", nargs="+", help="metrics_details.json of every run of the grid (Fig. 5 draws those at --size)")
     pf.set_defaults(func=_cmd_paper_figures)
 
     em = sub.add_parser("embeddings", help="Fig. 6: t-SNE of backbone jet embeddings (untrained, pretrained, fine-tuned)")

@@ -178,12 +178,6 @@ def finetune_inputs(wildcards):
     return shards + [result(f"{paths.PRETRAIN_DIR}/backbone_best.pt")]
 
 
-def finetune_root(run_file):
-    """The directory holding every fine-tuning run, from a file inside one run directory."""
-    depth = len(Path(paths.FINETUNE_RUN).parts)  # finetune/{task}/{strategy}/n{size}/seed{seed}
-    return str(Path(run_file).parents[depth - 1])
-
-
 def finetune_runs():
     """Every run directory of the grid and the ablations."""
     grid, ablations = FINETUNE["grid"], FINETUNE["ablations"]

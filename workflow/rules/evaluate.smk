@@ -2,14 +2,18 @@
 
 rule metrics:
     """Metrics of one fine-tuning run on each test sample (ROC AUC and misID at 80% efficiency,
-    pT response and resolution, decay-mode AUCs) plus its best validation loss."""
+    pT response and resolution, decay-mode AUCs), each with a bootstrap 68% interval over the test
+    jets, plus its best validation loss; beside them the curves Fig. 5 draws and the bootstrap
+    replicates (metrics_details.json)."""
     input:
         [result(f"{paths.FINETUNE_RUN}/{name}") for name in ("predictions.parquet", "summary.json", "history.csv")],
     output:
-        result(f"{paths.FINETUNE_RUN}/metrics.json"),
+        metrics=result(f"{paths.FINETUNE_RUN}/metrics.json"),
+        details=result(f"{paths.FINETUNE_RUN}/metrics_details.json"),
     params:
         code=CODE["metrics"],
         run_dir=lambda wildcards: result(paths.FINETUNE_RUN.format(**wildcards)),
+        replicates=EVALUATE["bootstrap_replicates"],
     log:
         result(paths.LOGS.format(stage="metrics", name="{task}_{strategy}_n{size}_seed{seed}")),
     conda:
@@ -19,16 +23,22 @@ rule metrics:
         mem_mb=2000,
         runtime=10,
     shell:
-        "taufm metrics --run-dir {params.run_dir:q} --output {output:q} 2> {log:q}"
+        "taufm metrics --run-dir {params.run_dir:q} --output {output.metrics:q} --details {output.details:q}"
+        " --bootstrap-replicates {params.replicates:q} 2> {log:q}"
 
 
 rule aggregate_metrics:
-    """One tidy table: a row per (task, strategy, size, seed, test sample) and mean/std rows."""
+    """One tidy table: a row per (task, strategy, size, seed, test sample) and mean/std rows (with
+    the bootstrap interval of the seed mean); and the paper's comparisons between strategies
+    (fine-tune - scratch, fine-tune - fixed, ParT - fine-tune) as differences with intervals."""
     input:
-        [f"{run}/metrics.json" for run in finetune_runs()],
+        metrics=[f"{run}/metrics.json" for run in finetune_runs()],
+        details=[f"{run}/metrics_details.json" for run in finetune_runs()],
     output:
         csv=report(result("metrics.csv"), caption="../report/metrics.rst", category="Tables"),
         parquet=result("metrics.parquet"),
+        comparisons_csv=report(result("comparisons.csv"), caption="../report/comparisons.rst", category="Tables"),
+        comparisons_parquet=result("comparisons.parquet"),
     params:
         code=CODE["metrics"],
     log:
@@ -36,7 +46,9 @@ rule aggregate_metrics:
     conda:
         "../../envs/taufm.yaml"
     shell:
-        "taufm aggregate-metrics --csv {output.csv:q} --parquet {output.parquet:q} {input:q} 2> {log:q}"
+        "taufm aggregate-metrics --csv {output.csv:q} --parquet {output.parquet:q}"
+        " --comparisons-csv {output.comparisons_csv:q} --comparisons-parquet {output.comparisons_parquet:q}"
+        " {input.metrics:q} 2> {log:q}"
 
 
 rule paper_figures:
@@ -44,7 +56,8 @@ rule paper_figures:
     size), Fig. 7 (ablations) and the headline numbers beside the paper's."""
     input:
         metrics=result("metrics.parquet"),
-        runs=[f"{run}/predictions.parquet" for run in finetune_runs()],
+        comparisons=result("comparisons.parquet"),
+        runs=[f"{run}/metrics_details.json" for run in finetune_runs()],
     output:
         fig4=report(result("figures/fig4_validation_loss.png"), caption="../report/fig4.rst", category="Paper figures"),
         fig5=report(result("figures/fig5_physics.png"), caption="../report/fig5.rst", category="Paper figures"),
@@ -54,7 +67,6 @@ rule paper_figures:
         table_csv=result("figures/summary_table.csv"),
     params:
         code=CODE["figures"],
-        finetune_dir=lambda wildcards, input: finetune_root(input.runs[0]),
         size=EVALUATE["figure_size"],
         ablation_size=FINETUNE["ablations"]["size"],
         unfreeze_epoch=FINETUNE["unfreeze_epoch"],
@@ -65,9 +77,9 @@ rule paper_figures:
     conda:
         "../../envs/taufm.yaml"
     shell:
-        "taufm paper-figures --metrics {input.metrics:q} --finetune-dir {params.finetune_dir:q} --size {params.size:q}"
+        "taufm paper-figures --metrics {input.metrics:q} --comparisons {input.comparisons:q} --size {params.size:q}"
         " --ablation-size {params.ablation_size:q} --unfreeze-epoch {params.unfreeze_epoch:q} --n-blocks {params.n_blocks:q}"
-        " --output-dir {params.output_dir:q} 2> {log:q}"
+        " --output-dir {params.output_dir:q} {input.runs:q} 2> {log:q}"
 
 
 rule embeddings:

@@ -2,9 +2,20 @@
 
 Building blocks work on plain arrays: ROC curve and AUC, misID rate at a tau efficiency, pT
 response and resolution (overall and in bins), decay-mode AUCs and confusion counts, the best
-validation loss of a ``history.csv``. :func:`run_metrics` turns one run directory
-(``docs/data-format.md``, "Fine-tuning runs") into one row per test sample, :func:`aggregate`
-adds the mean and spread over seeds, and :func:`write_table` writes the rows as CSV and Parquet.
+validation loss of a ``history.csv``. This module is the one definition of every metric: the
+per-epoch validation metrics of fine-tuning, the metrics stage and the figures all use it.
+
+:func:`run_metrics` turns one run directory (``docs/data-format.md``, "Fine-tuning runs") into one
+row per test sample, each headline metric with a bootstrap 68% interval over the test jets;
+:func:`run_details` adds what the figures draw (the misID curve, the response histogram) and the
+bootstrap replicates themselves. :func:`aggregate` adds the mean and spread over seeds (and the
+interval of the mean), :func:`compare_strategies` the paper's comparisons between strategies as
+differences with their intervals, and :func:`write_table` writes rows as CSV and Parquet.
+
+Bootstrap: replicate k of a test set of n jets resamples the same n indices for every run
+(the generator is seeded by the bootstrap seed and n only), so two runs on the same test jets
+(checked by a hash of their sample, event and jet index) are compared replicate by replicate: a
+paired bootstrap of the difference. Runs on different jets are resampled independently.
 
 Physics oddities (a class absent from a test sample, no finite pT ratio, a diverged model giving
 NaN scores) give NaN metrics, never an exception; missing or unreadable files and missing
@@ -14,10 +25,14 @@ columns are a :class:`~taufm.errors.TaufmError` naming the file.
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import math
 import os
+import re
+import warnings
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +52,24 @@ STD_DDOF = 0  # aggregate(): std over seeds is the population std of the seeds r
 PREDICTIONS_FILE = "predictions.parquet"
 SUMMARY_FILE = "summary.json"
 HISTORY_FILE = "history.csv"
+DETAILS_FILE = "metrics_details.json"  # written by the metrics stage beside metrics.json
+
+# Fig. 5a: the misID rate on this grid of tau efficiencies.
+EFFICIENCY_GRID = np.round(np.linspace(0.2, 1.0, 81), 10)
+# Fig. 5b: the response histogram's edges; values outside are counted into the edge bins.
+RESPONSE_EDGES = np.linspace(0.5, 1.5, 51)
+
+BOOTSTRAP_REPLICATES = 200
+BOOTSTRAP_SEED = 0
+INTERVAL = 0.68  # central interval of the bootstrap distribution: percentiles 16 and 84
+# The headline metrics of each task that get a bootstrap interval (column <metric>_ci68_low/high).
+HEADLINE_METRICS = {
+    "tau_id": ("auc", f"misid_at_{round(100 * DEFAULT_EFFICIENCY)}"),
+    "pt_regression": ("response", "resolution_iqr", "resolution_iqr_over_median"),
+    "decay_mode": ("auc_weighted", "accuracy"),
+}
+# The paper's comparisons (SPEC §8), each (strategy a, strategy b): the difference is a - b.
+COMPARISONS = (("finetune", "scratch"), ("finetune", "fixed"), ("part", "finetune"))
 
 RUN_KEYS = ("task", "strategy", "size", "seed")  # from summary.json
 # Leading columns of the tidy table; the metrics follow in first-seen order.
@@ -51,6 +84,7 @@ _KEY_TYPES = {
     "test_sample": pa.string(),
 }
 STATISTICS = ("value", "mean", "std")
+COMPARISON_KEYS = ("task", "size", "test_sample", "metric", "strategy_a", "strategy_b")  # leading columns of compare_strategies
 RUN_COLUMNS = ("n_jets", "best_val_loss", "best_epoch")  # follow the keys in the table, before the metrics
 
 _NAN = float("nan")
@@ -98,14 +132,24 @@ def misid_at_efficiency(label: np.ndarray, score: np.ndarray, efficiency: float 
     """
     if not 0.0 <= efficiency <= 1.0:
         raise TaufmError(f"tau efficiency must be within [0, 1], got {efficiency}")
+    return float(misid_at_efficiencies(label, score, np.asarray([efficiency]))[0])
+
+
+def misid_at_efficiencies(label: np.ndarray, score: np.ndarray, efficiencies: Sequence[float] | np.ndarray) -> np.ndarray:
+    """:func:`misid_at_efficiency` at each of ``efficiencies`` (one ROC computed once): the misID
+    curve of Fig. 5a. All NaN when a class is absent or a score is not finite."""
+    eff = np.asarray(efficiencies, dtype=np.float64)
+    if eff.ndim != 1 or np.any(eff < 0.0) or np.any(eff > 1.0):
+        raise TaufmError(f"tau efficiencies must be numbers within [0, 1], got {eff.tolist()}")
     tpr, fpr = roc_curve(label, score)
     if tpr.size == 0:
-        return _NAN
-    i = int(np.argmax(tpr >= efficiency))  # tpr ends at 1, so some point reaches it
-    if tpr[i] == efficiency or i == 0:
-        return float(fpr[i])
-    t0, t1, f0, f1 = tpr[i - 1], tpr[i], fpr[i - 1], fpr[i]
-    return float(f0 + (efficiency - t0) * (f1 - f0) / (t1 - t0))
+        return np.full(eff.shape, _NAN)
+    i = np.searchsorted(tpr, eff, side="left")  # first point with tpr >= eff (tpr ends at 1)
+    exact = (tpr[i] == eff) | (i == 0)
+    previous = np.maximum(i - 1, 0)
+    step = np.where(exact, 1.0, tpr[i] - tpr[previous])
+    interpolated = fpr[previous] + (eff - tpr[previous]) * (fpr[i] - fpr[previous]) / step
+    return np.where(exact, fpr[i], interpolated)
 
 
 # --- pT regression ---------------------------------------------------------------------------
@@ -151,6 +195,26 @@ def response_in_bins(pred: np.ndarray, true: np.ndarray, bin_variable: np.ndarra
         inside = (x >= low) & ((x <= high) if last else (x < high))
         rows.append({"bin_low": float(low), "bin_high": float(high), **response_resolution(pred[inside], true[inside])})
     return rows
+
+
+def response_histogram(pred: np.ndarray, true: np.ndarray, edges: Sequence[float] | np.ndarray = RESPONSE_EDGES) -> dict:
+    """Fractions of the finite pred / true ratios in each bin of ``edges`` (Fig. 5b), values
+    outside the range counted into the edge bins; ``fraction_outside`` says how many were.
+    ``n`` is the number of finite ratios (fractions all zero when there are none)."""
+    edges = np.asarray(edges, dtype=np.float64)
+    pred = np.asarray(pred, dtype=np.float64).ravel()
+    true = np.asarray(true, dtype=np.float64).ravel()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = pred / true
+    ratio = ratio[np.isfinite(ratio)]
+    counts, _ = np.histogram(np.clip(ratio, edges[0], edges[-1]), bins=edges)
+    n = int(ratio.size)
+    return {
+        "bin_edges": edges.tolist(),
+        "fractions": (counts / n if n else counts * 0.0).tolist(),
+        "fraction_outside": float(np.mean((ratio < edges[0]) | (ratio > edges[-1]))) if n else _NAN,
+        "n": n,
+    }
 
 
 # --- decay modes -----------------------------------------------------------------------------
@@ -240,55 +304,197 @@ def _run_info(path: Path) -> dict:
         raise TaufmError(f"{path}: size and seed must be integers ({err})") from err
 
 
-def _tau_id_rows(columns: Mapping[str, np.ndarray], samples: Sequence[str], efficiency: float) -> list[dict]:
+def _misid_key(efficiency: float) -> str:
+    return f"misid_at_{round(100 * efficiency)}"
+
+
+def headline_metrics(task: str, efficiency: float = DEFAULT_EFFICIENCY) -> tuple[str, ...]:
+    """The metrics of ``task`` that get a bootstrap interval (the misID key follows ``efficiency``)."""
+    if task == "tau_id":
+        return ("auc", _misid_key(efficiency))
+    return HEADLINE_METRICS[task]
+
+
+def _tau_id_jets(columns: Mapping[str, np.ndarray], sample: str) -> np.ndarray:
+    """Indices of the jets the tau-ID metrics of ``sample`` use: its tau jets and the qq background."""
+    label = columns["label"].astype(np.int64) == 1
+    here = columns["sample"] == sample
+    if sample == BACKGROUND_SAMPLE:
+        return np.flatnonzero(here)
+    return np.flatnonzero((here & label) | ((columns["sample"] == BACKGROUND_SAMPLE) & ~label))
+
+
+def _tau_id_metrics(columns: Mapping[str, np.ndarray], sample: str, efficiency: float) -> dict:
     label = columns["label"].astype(np.int64) == 1
     score = columns["score"]
-    is_bkg_sample = columns["sample"] == BACKGROUND_SAMPLE
-    bkg = is_bkg_sample & ~label
-    rows = []
-    for sample in samples:
-        here = columns["sample"] == sample
-        row = {"n_signal": int(np.sum(here & label)), "n_background": int(np.sum(here & ~label)), "auc": _NAN, f"misid_at_{round(100 * efficiency)}": _NAN}
-        if sample != BACKGROUND_SAMPLE:
-            sig = here & label
-            keep = sig | bkg
-            row["auc"] = roc_auc(label[keep], score[keep])
-            row[f"misid_at_{round(100 * efficiency)}"] = misid_at_efficiency(label[keep], score[keep], efficiency)
-        rows.append(row)
-    return rows
+    here = columns["sample"] == sample
+    row = {"n_signal": int(np.sum(here & label)), "n_background": int(np.sum(here & ~label)), "auc": _NAN, _misid_key(efficiency): _NAN}
+    if sample != BACKGROUND_SAMPLE:
+        keep = (here & label) | ((columns["sample"] == BACKGROUND_SAMPLE) & ~label)
+        row["auc"] = roc_auc(label[keep], score[keep])
+        row[_misid_key(efficiency)] = misid_at_efficiency(label[keep], score[keep], efficiency)
+    return row
 
 
-def _pt_regression_rows(columns: Mapping[str, np.ndarray], samples: Sequence[str], efficiency: float) -> list[dict]:  # noqa: ARG001
-    rows = []
-    for sample in samples:
-        here = columns["sample"] == sample
-        r = response_resolution(columns["pred_pt"][here], columns["gen_tau_vis_pt"][here])
-        rows.append({"response": r["response"], "resolution_iqr": r["iqr"], "resolution_iqr_over_median": r["iqr_over_median"]})
-    return rows
+def _tau_id_curves(columns: Mapping[str, np.ndarray], sample: str) -> dict:
+    if sample == BACKGROUND_SAMPLE:
+        return {}
+    jets = _tau_id_jets(columns, sample)
+    label = columns["label"][jets].astype(np.int64) == 1
+    misid = misid_at_efficiencies(label, columns["score"][jets], EFFICIENCY_GRID)
+    return {"misid": {"efficiency": EFFICIENCY_GRID.tolist(), "misid": misid.tolist(), "n_signal": int(label.sum()), "n_background": int((~label).sum())}}
 
 
-def _decay_mode_rows(columns: Mapping[str, np.ndarray], samples: Sequence[str], efficiency: float) -> list[dict]:  # noqa: ARG001
-    probs = np.stack([columns[f"prob_{name}"] for name in DECAY_MODE_NAMES], axis=1)
-    rows = []
-    for sample in samples:
-        here = columns["sample"] == sample
-        true = columns["decay_mode"][here].astype(np.int64)
-        aucs = decay_mode_aucs(true, probs[here])
-        accuracy = float(np.mean(columns["pred_decay_mode"][here].astype(np.int64) == true)) if true.size else _NAN
-        rows.append({"auc_weighted": aucs["weighted"], **{f"auc_{name}": aucs[name] for name in DECAY_MODE_NAMES}, "accuracy": accuracy})
-    return rows
+def _sample_jets(columns: Mapping[str, np.ndarray], sample: str) -> np.ndarray:
+    return np.flatnonzero(columns["sample"] == sample)
 
 
-_Metrics = Callable[[Mapping[str, np.ndarray], Sequence[str], float], list[dict]]
-# Per task: the prediction columns its metrics need, and the function computing them per sample.
-TASK_METRICS: dict[str, tuple[tuple[str, ...], _Metrics]] = {
-    "tau_id": (("label", "score"), _tau_id_rows),
-    "pt_regression": (("pred_pt", "gen_tau_vis_pt"), _pt_regression_rows),
-    "decay_mode": (("decay_mode", "pred_decay_mode", *(f"prob_{n}" for n in DECAY_MODE_NAMES)), _decay_mode_rows),
+def _pt_regression_metrics(columns: Mapping[str, np.ndarray], sample: str, efficiency: float) -> dict:  # noqa: ARG001
+    here = columns["sample"] == sample
+    r = response_resolution(columns["pred_pt"][here], columns["gen_tau_vis_pt"][here])
+    return {"response": r["response"], "resolution_iqr": r["iqr"], "resolution_iqr_over_median": r["iqr_over_median"]}
+
+
+def _pt_regression_curves(columns: Mapping[str, np.ndarray], sample: str) -> dict:
+    here = columns["sample"] == sample
+    return {"response": response_histogram(columns["pred_pt"][here], columns["gen_tau_vis_pt"][here])}
+
+
+def _decay_mode_metrics(columns: Mapping[str, np.ndarray], sample: str, efficiency: float) -> dict:  # noqa: ARG001
+    here = columns["sample"] == sample
+    probs = np.stack([columns[f"prob_{name}"][here] for name in DECAY_MODE_NAMES], axis=1)
+    true = columns["decay_mode"][here].astype(np.int64)
+    aucs = decay_mode_aucs(true, probs)
+    accuracy = float(np.mean(columns["pred_decay_mode"][here].astype(np.int64) == true)) if true.size else _NAN
+    return {"auc_weighted": aucs["weighted"], **{f"auc_{name}": aucs[name] for name in DECAY_MODE_NAMES}, "accuracy": accuracy}
+
+
+@dataclass(frozen=True)
+class TaskMetrics:
+    """How one task is evaluated: the prediction columns it needs, its metrics on one test sample,
+    the jets those metrics depend on (what the bootstrap resamples) and the curves the figures draw."""
+
+    columns: tuple[str, ...]
+    metrics: Callable[[Mapping[str, np.ndarray], str, float], dict]
+    jets: Callable[[Mapping[str, np.ndarray], str], np.ndarray]
+    curves: Callable[[Mapping[str, np.ndarray], str], dict]
+
+
+TASK_METRICS: dict[str, TaskMetrics] = {
+    "tau_id": TaskMetrics(("label", "score"), _tau_id_metrics, _tau_id_jets, _tau_id_curves),
+    "pt_regression": TaskMetrics(("pred_pt", "gen_tau_vis_pt"), _pt_regression_metrics, _sample_jets, _pt_regression_curves),
+    "decay_mode": TaskMetrics(
+        ("decay_mode", "pred_decay_mode", *(f"prob_{n}" for n in DECAY_MODE_NAMES)), _decay_mode_metrics, _sample_jets, lambda c, s: {}
+    ),
 }
 
 
-def run_metrics(run_dir: str | os.PathLike[str], efficiency: float = DEFAULT_EFFICIENCY) -> list[dict]:
+# --- bootstrap -------------------------------------------------------------------------------
+
+
+def bootstrap_indices(n: int, n_replicates: int = BOOTSTRAP_REPLICATES, seed: int = BOOTSTRAP_SEED):
+    """The resampled indices (each an array of n draws from 0..n-1 with replacement) of each
+    replicate. They depend on ``seed`` and ``n`` only, so runs on the same test jets are resampled
+    alike (a paired bootstrap)."""
+    rng = np.random.default_rng([seed, n])
+    for _ in range(n_replicates):
+        yield rng.integers(0, n, size=n)
+
+
+def interval(replicates: Sequence[float] | np.ndarray, level: float = INTERVAL) -> tuple[float, float]:
+    """Central ``level`` interval (percentiles, linear interpolation) of the finite replicates;
+    (NaN, NaN) when fewer than two are finite."""
+    values = np.asarray(replicates, dtype=np.float64)
+    values = values[np.isfinite(values)]
+    if values.size < 2:
+        return _NAN, _NAN
+    low, high = np.percentile(values, [50 * (1 - level), 50 * (1 + level)])
+    return float(low), float(high)
+
+
+def _ci_keys(metric: str) -> tuple[str, str]:
+    percent = round(100 * INTERVAL)
+    return f"{metric}_ci{percent}_low", f"{metric}_ci{percent}_high"
+
+
+def jets_fingerprint(columns: Mapping[str, np.ndarray], jets: np.ndarray) -> str | None:
+    """SHA-256 of the (sample, event, jet_index) of ``jets``, in order: equal for two runs exactly
+    when they were tested on the same jets in the same order. None without event and jet_index."""
+    if "event" not in columns or "jet_index" not in columns:
+        return None
+    digest = hashlib.sha256()
+    digest.update("\0".join(columns["sample"][jets].tolist()).encode())
+    digest.update(np.ascontiguousarray(columns["event"][jets], dtype=np.int64).tobytes())
+    digest.update(np.ascontiguousarray(columns["jet_index"][jets], dtype=np.int64).tobytes())
+    return digest.hexdigest()
+
+
+def _bootstrap(task: TaskMetrics, columns: Mapping[str, np.ndarray], sample: str, names: Sequence[str], efficiency: float, n_replicates: int, seed: int) -> dict[str, list[float]]:
+    jets = task.jets(columns, sample)
+    replicates: dict[str, list[float]] = {name: [] for name in names}
+    if jets.size == 0:
+        return replicates
+    for indices in bootstrap_indices(jets.size, n_replicates, seed):
+        chosen = jets[indices]
+        resampled = {k: v[chosen] for k, v in columns.items()}
+        values = task.metrics(resampled, sample, efficiency)
+        for name in names:
+            replicates[name].append(float(values[name]))
+    return replicates
+
+
+def evaluate_run(
+    run_dir: str | os.PathLike[str],
+    efficiency: float = DEFAULT_EFFICIENCY,
+    n_bootstrap: int = BOOTSTRAP_REPLICATES,
+    bootstrap_seed: int = BOOTSTRAP_SEED,
+) -> tuple[list[dict], dict]:
+    """(:func:`run_metrics` rows, the run's details): the details hold, per test sample, the
+    figures' curves, the bootstrap replicates of each headline metric and the test jets'
+    fingerprint (``docs/data-format.md``, "metrics_details.json")."""
+    if not 0.0 <= efficiency <= 1.0:
+        raise TaufmError(f"tau efficiency must be within [0, 1], got {efficiency}")
+    if isinstance(n_bootstrap, bool) or not isinstance(n_bootstrap, int) or n_bootstrap < 0:
+        raise TaufmError(f"the number of bootstrap replicates must be a non-negative integer, got {n_bootstrap!r}")
+    run_dir = Path(run_dir)
+    info = _run_info(run_dir / SUMMARY_FILE)
+    if info["task"] not in TASK_METRICS:
+        raise TaufmError(f"{run_dir / SUMMARY_FILE}: unknown task {info['task']!r}; known: {', '.join(TASK_METRICS)}")
+    best_loss, best_epoch = best_validation_loss(run_dir / HISTORY_FILE)
+    task = TASK_METRICS[info["task"]]
+    path = run_dir / PREDICTIONS_FILE
+    try:
+        with pq.ParquetFile(path) as handle:
+            names = set(handle.schema_arrow.names)
+        keys = [c for c in ("event", "jet_index") if c in names]
+        columns = read_shards([path], ["sample", *task.columns, *keys])
+    except (OSError, pa.ArrowException) as err:  # read_shards itself names missing files and columns
+        raise TaufmError(f"{path}: cannot read the predictions ({err})") from err
+    if len(columns["sample"]) == 0:
+        raise TaufmError(f"{path}: no test jets in the predictions")
+    columns["sample"] = columns["sample"].astype(str)
+    samples = list(dict.fromkeys(columns["sample"].tolist()))
+    headline = headline_metrics(info["task"], efficiency)
+    rows, details = [], {"run": info, "bootstrap": {"replicates": n_bootstrap, "seed": bootstrap_seed, "interval": INTERVAL}, "samples": {}}
+    for sample in samples:
+        metrics = task.metrics(columns, sample, efficiency)
+        replicates = _bootstrap(task, columns, sample, headline, efficiency, n_bootstrap, bootstrap_seed)
+        for name in headline:
+            metrics.update(zip(_ci_keys(name), interval(replicates[name]) if math.isfinite(metrics[name]) else (_NAN, _NAN)))
+        n_jets = int(np.sum(columns["sample"] == sample))
+        rows.append({**info, "test_sample": sample, "n_jets": n_jets, "best_val_loss": best_loss, "best_epoch": best_epoch, **metrics})
+        details["samples"][sample] = {
+            "n_jets": n_jets,
+            "metrics": metrics,
+            "jets_sha256": jets_fingerprint(columns, task.jets(columns, sample)),
+            "bootstrap": replicates,
+            "curves": task.curves(columns, sample),
+        }
+    details["best_val_loss"], details["best_epoch"] = best_loss, best_epoch
+    return rows, details
+
+
+def run_metrics(run_dir: str | os.PathLike[str], efficiency: float = DEFAULT_EFFICIENCY, n_bootstrap: int = BOOTSTRAP_REPLICATES, bootstrap_seed: int = BOOTSTRAP_SEED) -> list[dict]:
     """One row per test sample of a fine-tuning run directory, in the order the samples appear.
 
     Every row has task, strategy, size, seed (``summary.json``), test_sample, n_jets,
@@ -299,27 +505,12 @@ def run_metrics(run_dir: str | os.PathLike[str], efficiency: float = DEFAULT_EFF
       jets of the ``qq`` sample. The ``qq`` row itself has counts only (NaN metrics).
     - pt_regression: response, resolution_iqr, resolution_iqr_over_median of pred_pt / gen_tau_vis_pt.
     - decay_mode: auc_weighted, auc_<name> per decay mode, accuracy (truth: ``decay_mode``).
+
+    Each headline metric (:func:`headline_metrics`) is followed by ``<metric>_ci68_low`` and
+    ``_high``: the central 68% interval of ``n_bootstrap`` bootstrap replicates over the test jets
+    (NaN where the metric is NaN or there are no replicates).
     """
-    run_dir = Path(run_dir)
-    info = _run_info(run_dir / SUMMARY_FILE)
-    if info["task"] not in TASK_METRICS:
-        raise TaufmError(f"{run_dir / SUMMARY_FILE}: unknown task {info['task']!r}; known: {', '.join(TASK_METRICS)}")
-    best_loss, best_epoch = best_validation_loss(run_dir / HISTORY_FILE)
-    needed, compute = TASK_METRICS[info["task"]]
-    path = run_dir / PREDICTIONS_FILE
-    try:
-        columns = read_shards([path], ["sample", *needed])
-    except (OSError, pa.ArrowException) as err:  # read_shards itself names missing files and columns
-        raise TaufmError(f"{path}: cannot read the predictions ({err})") from err
-    if len(columns["sample"]) == 0:
-        raise TaufmError(f"{path}: no test jets in the predictions")
-    columns["sample"] = columns["sample"].astype(str)
-    samples = list(dict.fromkeys(columns["sample"].tolist()))
-    metrics = compute(columns, samples, efficiency)
-    return [
-        {**info, "test_sample": sample, "n_jets": int(np.sum(columns["sample"] == sample)), "best_val_loss": best_loss, "best_epoch": best_epoch, **m}
-        for sample, m in zip(samples, metrics)
-    ]
+    return evaluate_run(run_dir, efficiency, n_bootstrap, bootstrap_seed)[0]
 
 
 # --- aggregation and the table ---------------------------------------------------------------
@@ -337,7 +528,39 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return float(finite.mean()), std
 
 
-def aggregate(rows: Sequence[Mapping]) -> list[dict]:
+def _replicates_by_run(details: Sequence[Mapping] | None) -> dict[tuple, Mapping]:
+    """(task, strategy, size, seed, test_sample) -> that sample's details (replicates, fingerprint)."""
+    table: dict[tuple, Mapping] = {}
+    for d in details or ():
+        try:
+            run = d["run"]
+            key = (str(run["task"]), str(run["strategy"]), int(run["size"]), int(run["seed"]))
+            samples = d["samples"]
+        except (KeyError, TypeError, ValueError) as err:
+            raise TaufmError(f"run details lack the run keys or the samples ({err!r})") from err
+        for sample, values in samples.items():
+            table[(*key, sample)] = values
+    return table
+
+
+def _is_headline(task: str, name: str) -> bool:
+    """Whether ``name`` is a headline metric of ``task`` (any misID working point for tau ID)."""
+    return name in HEADLINE_METRICS.get(task, ()) or (task == "tau_id" and re.fullmatch(r"misid_at_\d+", name) is not None)
+
+
+def _seed_mean_replicates(group: Sequence[Mapping | None], metric: str) -> np.ndarray | None:
+    """Per replicate, the NaN-ignoring mean over the group's seeds; None unless every seed has
+    replicates of ``metric``, all of one length."""
+    series = [None if g is None else g.get("bootstrap", {}).get(metric) for g in group]
+    if not series or any(s is None or len(s) == 0 for s in series) or len({len(s) for s in series}) != 1:
+        return None
+    stack = np.asarray(series, dtype=np.float64)
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN replicate columns give NaN
+        return np.nanmean(stack, axis=0)
+
+
+def aggregate(rows: Sequence[Mapping], details: Sequence[Mapping] | None = None) -> list[dict]:
     """The per-run rows (``statistic`` = "value") plus, per (task, strategy, size, test_sample),
     a "mean" and a "std" row over seeds.
 
@@ -346,7 +569,13 @@ def aggregate(rows: Sequence[Mapping]) -> list[dict]:
     other than the keys (counts and best_epoch included); NaN where no seed has a value. Groups
     keep their first-seen order, each as its runs by seed, then mean, then std. Two rows with
     one (task, strategy, size, seed, test_sample) are a :class:`TaufmError`.
+
+    With the runs' ``details`` (:func:`evaluate_run`), the mean row's ``<metric>_ci68_low/high``
+    are the interval of the seed mean over the test jets: the mean over seeds of each bootstrap
+    replicate, its central 68%. Without them (or where a seed lacks replicates) they are the
+    means of the runs' bounds.
     """
+    replicates = _replicates_by_run(details)
     groups: dict[tuple, list[dict]] = {}
     seen: set[tuple] = set()
     for row in rows:
@@ -369,8 +598,76 @@ def aggregate(rows: Sequence[Mapping]) -> list[dict]:
         for name in names:
             values = [_NAN if r.get(name) is None else float(r[name]) for r in runs]
             mean[name], std[name] = _mean_std(values)
+        if task in TASK_METRICS:
+            group = [replicates.get((task, strategy, size, r["seed"], sample)) for r in runs]
+            for metric in [m for m in mean if _is_headline(task, m)]:
+                seed_mean = _seed_mean_replicates(group, metric)
+                if seed_mean is not None and math.isfinite(mean[metric]):
+                    low, high = _ci_keys(metric)
+                    mean[low], mean[high] = interval(seed_mean)
+                    std[low], std[high] = _NAN, _NAN
         out.extend([mean, std])
     return out
+
+
+def compare_strategies(rows: Sequence[Mapping], details: Sequence[Mapping] | None = None, comparisons: Sequence[tuple[str, str]] = COMPARISONS) -> list[dict]:
+    """The paper's comparisons (:data:`COMPARISONS`, strategy a minus strategy b) per task, size
+    and test sample where both strategies ran, for each headline metric and the best
+    validation loss.
+
+    Each row: ``mean_a``, ``mean_b``, ``std_a``, ``std_b`` (over seeds, ddof = :data:`STD_DDOF`),
+    ``n_seeds_a/b``, ``difference`` = mean_a - mean_b, ``difference_seed_se`` (the standard error
+    from the seed spread, sqrt(s_a²/n_a + s_b²/n_b) with ddof 1; NaN with one seed each) and
+    ``difference_ci68_low/high``: the bootstrap interval over the test jets of the difference of
+    the seed means, replicate by replicate. ``bootstrap`` says ``paired`` when every run of both
+    strategies was tested on the same jets (same fingerprint), ``independent`` when not, and
+    ``none`` without replicates (e.g. the validation loss).
+    """
+    replicates = _replicates_by_run(details)
+    per_run = [r for r in rows if r.get("statistic", "value") == "value" and r.get("seed") is not None]
+    groups: dict[tuple, dict[str, list[Mapping]]] = {}
+    for r in per_run:
+        groups.setdefault((r["task"], r["size"], r["test_sample"]), {}).setdefault(r["strategy"], []).append(r)
+    out = []
+    for (task, size, sample), by_strategy in groups.items():
+        if task not in TASK_METRICS:
+            continue
+        names = dict.fromkeys(k for r in per_run if r["task"] == task for k in r)
+        metrics = [m for m in names if m == "best_val_loss" or _is_headline(task, m)]
+        for a, b in comparisons:
+            if a not in by_strategy or b not in by_strategy:
+                continue
+            runs_a = sorted(by_strategy[a], key=lambda r: r["seed"])
+            runs_b = sorted(by_strategy[b], key=lambda r: r["seed"])
+            details_a = [replicates.get((task, a, size, r["seed"], sample)) for r in runs_a]
+            details_b = [replicates.get((task, b, size, r["seed"], sample)) for r in runs_b]
+            for metric in metrics:
+                values_a = [_NAN if r.get(metric) is None else float(r[metric]) for r in runs_a]
+                values_b = [_NAN if r.get(metric) is None else float(r[metric]) for r in runs_b]
+                mean_a, std_a = _mean_std(values_a)
+                mean_b, std_b = _mean_std(values_b)
+                row = {
+                    "task": task, "size": size, "test_sample": sample, "metric": metric, "strategy_a": a, "strategy_b": b,
+                    "n_seeds_a": len(runs_a), "n_seeds_b": len(runs_b), "mean_a": mean_a, "mean_b": mean_b, "std_a": std_a, "std_b": std_b,
+                    "difference": mean_a - mean_b, "difference_seed_se": _seed_standard_error(values_a, values_b),
+                }
+                low, high = _ci_keys("difference")
+                row[low], row[high], row["bootstrap"] = _NAN, _NAN, "none"
+                rep_a, rep_b = _seed_mean_replicates(details_a, metric), _seed_mean_replicates(details_b, metric)
+                if rep_a is not None and rep_b is not None and rep_a.size == rep_b.size and math.isfinite(row["difference"]):
+                    row[low], row[high] = interval(rep_a - rep_b)
+                    prints = {None if d is None else d.get("jets_sha256") for d in (*details_a, *details_b)}
+                    row["bootstrap"] = "paired" if len(prints) == 1 and None not in prints else "independent"
+                out.append(row)
+    return out
+
+
+def _seed_standard_error(values_a: Sequence[float], values_b: Sequence[float]) -> float:
+    a = np.asarray([v for v in values_a if not math.isnan(v)])
+    b = np.asarray([v for v in values_b if not math.isnan(v)])
+    if a.size < 2 or b.size < 2:
+        return _NAN
+    return float(math.sqrt(a.var(ddof=1) / a.size + b.var(ddof=1) / b.size))
 
 
 def _column_type(name: str, values: list) -> pa.DataType:
@@ -386,9 +683,9 @@ def _column_type(name: str, values: list) -> pa.DataType:
     raise TaufmError(f"table column {name!r} mixes types: {sorted({type(v).__name__ for v in present})}")
 
 
-def _table(rows: Sequence[Mapping]) -> pa.Table:
+def _table(rows: Sequence[Mapping], keys: Sequence[str] = TABLE_KEYS) -> pa.Table:
     seen = dict.fromkeys(k for r in rows for k in r)
-    names = [*TABLE_KEYS, *(k for k in RUN_COLUMNS if k in seen), *(k for k in seen if k not in TABLE_KEYS and k not in RUN_COLUMNS)]
+    names = [*keys, *(k for k in RUN_COLUMNS if k in seen and k not in keys), *(k for k in seen if k not in keys and k not in RUN_COLUMNS)]
     arrays = {}
     for name in names:
         values = [r.get(name) for r in rows]
@@ -419,7 +716,16 @@ def write_table(rows: Sequence[Mapping], csv_path: str | os.PathLike[str], parqu
     ``statistic`` get "value" if they carry a seed.
     """
     rows = [{**r, "statistic": r.get("statistic", "value" if r.get("seed") is not None else None)} for r in rows]
-    table = _table(rows)
+    _write(_table(rows), csv_path, parquet_path)
+
+
+def write_comparisons(rows: Sequence[Mapping], csv_path: str | os.PathLike[str], parquet_path: str | os.PathLike[str]) -> None:
+    """The rows of :func:`compare_strategies` as a table (CSV and Parquet, like :func:`write_table`),
+    :data:`COMPARISON_KEYS` first. No rows (no pair of strategies ran) gives a table of the keys alone."""
+    _write(_table(rows, COMPARISON_KEYS), csv_path, parquet_path)
+
+
+def _write(table: pa.Table, csv_path: str | os.PathLike[str], parquet_path: str | os.PathLike[str]) -> None:
     with atomic_output(parquet_path) as tmp:
         pq.write_table(table, tmp)
     with atomic_output(csv_path) as tmp, open(tmp, "w", newline="") as handle:

@@ -15,10 +15,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.metrics import roc_auc_score
 
 from taufm.config import reject_unknown_keys
 from taufm.errors import TaufmError
+from taufm.evaluate import metrics
 from taufm.physics.tau import DECAY_MODE_NAMES
 
 TASK_NAMES = ("tau_id", "pt_regression", "decay_mode")
@@ -210,41 +210,27 @@ def predict(task: str, outputs: np.ndarray, columns: Mapping[str, np.ndarray]) -
     return result
 
 
-def binary_auc(y: np.ndarray, score: np.ndarray) -> float:
-    """ROC AUC of ``score`` for the binary labels ``y``; NaN if only one class is present."""
-    y = np.asarray(y).astype(bool)
-    if y.all() or not y.any():
-        return float("nan")
-    return float(roc_auc_score(y, score))
-
-
 def epoch_metrics(task: str, outputs: np.ndarray, target: np.ndarray, columns: Mapping[str, np.ndarray]) -> dict[str, float]:
-    """Validation metrics for the per-epoch history.
+    """Validation metrics for the per-epoch history, by the test metrics' own definitions
+    (:mod:`taufm.evaluate.metrics`).
 
-    tau_id: ``auc``; pt_regression: ``response_median`` and ``resolution_iqr`` (q75 - q25) of
-    pred_pt / gen_tau_vis_pt over jets where that ratio is finite; decay_mode: ``accuracy`` and
+    tau_id: ``auc`` (:func:`~taufm.evaluate.metrics.roc_auc`); pt_regression: ``response_median``
+    and ``resolution_iqr`` (q75 - q25) of pred_pt / gen_tau_vis_pt over jets where that ratio is
+    finite (:func:`~taufm.evaluate.metrics.response_resolution`); decay_mode: ``accuracy`` and
     ``auc_weighted``, the one-vs-rest AUCs averaged with class-frequency weights over the classes
-    present (NaN when fewer than two are). Empty inputs give NaN.
+    present, NaN when fewer than two are (:func:`~taufm.evaluate.metrics.decay_mode_aucs`).
+    Empty inputs give NaN.
     """
     check_task(task)
     pred = predict(task, outputs, columns)
     if task == "tau_id":
-        return {"auc": binary_auc(target, pred["score"])}
+        return {"auc": metrics.roc_auc(target, pred["score"])}
     if task == "pt_regression":
-        gen_pt = require_column(columns, "gen_tau_vis_pt").astype(np.float64)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            ratio = pred["pred_pt"].astype(np.float64) / gen_pt
-        ratio = ratio[np.isfinite(ratio)]
-        if ratio.size == 0:
-            return {"response_median": float("nan"), "resolution_iqr": float("nan")}
-        q25, q50, q75 = np.percentile(ratio, [25, 50, 75])
-        return {"response_median": float(q50), "resolution_iqr": float(q75 - q25)}
+        r = metrics.response_resolution(pred["pred_pt"], require_column(columns, "gen_tau_vis_pt"))
+        return {"response_median": r["response"], "resolution_iqr": r["iqr"]}
     target = np.asarray(target).astype(np.int64)
     if target.size == 0:
         return {"accuracy": float("nan"), "auc_weighted": float("nan")}
     accuracy = float(np.mean(pred["pred_decay_mode"] == target))
-    present, counts = np.unique(target, return_counts=True)
-    if len(present) < 2:
-        return {"accuracy": accuracy, "auc_weighted": float("nan")}
-    aucs = [binary_auc(target == c, pred[f"prob_{DECAY_MODE_NAMES[c]}"]) for c in present]
-    return {"accuracy": accuracy, "auc_weighted": float(np.average(aucs, weights=counts))}
+    probabilities = np.stack([pred[f"prob_{name}"] for name in DECAY_MODE_NAMES], axis=1)
+    return {"accuracy": accuracy, "auc_weighted": metrics.decay_mode_aucs(target, probabilities)["weighted"]}

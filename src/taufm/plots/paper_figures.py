@@ -2,12 +2,16 @@
 
 - :func:`fig4_validation_loss`: best validation loss vs training size, one panel per task, one
   line per strategy (scratch, fixed, finetune, and the ParT baseline when present).
-- :func:`fig5_physics`: physics metrics at one training size from the runs' ``predictions.parquet``:
-  (a) misID rate vs tau efficiency, (b) pT response distributions, (c) decay-mode one-vs-rest AUC.
+- :func:`fig5_physics`: physics metrics at one training size, drawn from each run's
+  ``metrics_details.json`` (the metrics stage): (a) misID rate vs tau efficiency, (b) pT response
+  distributions, (c) decay-mode one-vs-rest AUC. The runs are those the workflow lists
+  (:func:`runs_from_details`), never a glob of the results folder.
 - :func:`fig7_ablations`: validation loss normalised to its minimum vs the unfreeze epoch and vs
   the number of pretrained GPT blocks used, one line per task.
-- :func:`summary_table`: the paper's headline numbers at 1e4 training jets beside ours
-  (Markdown and CSV).
+- :func:`summary_table`: the paper's headline numbers at 1e4 training jets beside ours, with
+  bootstrap intervals and the differences between strategies (Markdown and CSV).
+
+No metric is computed here: every metric has one implementation, in :mod:`taufm.evaluate.metrics`.
 
 Figures 4 and 7 and the table read a tidy metrics table: a sequence of dict rows with ``task``,
 ``strategy``, ``size``, ``seed`` and ``test_sample`` plus the run's numbers (``best_val_loss``,
@@ -20,7 +24,7 @@ Spread over seeds: "std" is the population standard deviation of the seeds run (
 :data:`STD_DDOF`, as in :mod:`taufm.evaluate.metrics`), given only for two or more seeds (``None``
 and no band for one seed); Fig. 5 draws min-max bands.
 Everything is read and checked before anything is drawn, so bad input (a missing key, a run
-directory without ``predictions.parquet``, a missing column) raises :class:`TaufmError` and
+directory without ``metrics_details.json``, a missing curve) raises :class:`TaufmError` and
 leaves no file behind. Missing data (a task or strategy absent, too few jets) is shown as a
 labelled "no data" panel or left out of a panel, never an exception. Each function returns the
 numbers it drew as a JSON-friendly dict (``None`` where a number is undefined).
@@ -29,6 +33,7 @@ numbers it drew as a JSON-friendly dict (``None`` where a number is undefined).
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import math
 import numbers
@@ -45,9 +50,17 @@ import pyarrow.parquet as pq
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, NullLocator
-from sklearn.metrics import roc_auc_score, roc_curve
 
 from taufm.errors import TaufmError
+from taufm.evaluate.metrics import (
+    BACKGROUND_SAMPLE,
+    COMPARISONS,
+    DEFAULT_EFFICIENCY,
+    DETAILS_FILE,
+    EFFICIENCY_GRID,
+    RESPONSE_EDGES,
+    STD_DDOF,
+)
 from taufm.io import atomic_output
 from taufm.physics.tau import DECAY_MODE_NAMES
 from taufm.plots.style import STRATEGY_COLORS, STRATEGY_LABELS, new_figure, no_data_panel, save_figure, taufm_style
@@ -59,7 +72,6 @@ log = logging.getLogger(__name__)
 TASKS = ("tau_id", "pt_regression", "decay_mode")
 # Strategies drawn as lines in Fig. 4 and 5, in drawing order; ablation strategies are left out.
 BASE_STRATEGIES = ("scratch", "fixed", "finetune", "part")
-STD_DDOF = 0  # population std over the seeds run, as taufm.evaluate.metrics.aggregate
 
 TASK_TITLES = {"tau_id": "τ identification", "pt_regression": "τ $p_T$ regression", "decay_mode": "τ decay mode"}
 LOSS_NAMES = {"tau_id": "focal loss", "pt_regression": "Huber loss", "decay_mode": "cross entropy"}
@@ -75,13 +87,11 @@ DECAY_MODE_LABELS = dict(
 )
 
 SIGNAL_SAMPLE = "Z_Ztautau"
-BACKGROUND_SAMPLE = "qq"
-# Fig. 5a: misID rate on this grid of tau efficiencies; the headline working point.
-EFFICIENCY_GRID = np.round(np.linspace(0.2, 1.0, 81), 10)
-WORKING_POINT = 0.8
-# Fig. 5b: response range and bins; values outside are counted into the edge bins.
-RESPONSE_RANGE = (0.5, 1.5)
-RESPONSE_BINS = 50
+# Fig. 5 draws the curves the metrics stage stored (taufm.evaluate.metrics): its grid of tau
+# efficiencies, working point and response histogram.
+WORKING_POINT = DEFAULT_EFFICIENCY
+RESPONSE_RANGE = (float(RESPONSE_EDGES[0]), float(RESPONSE_EDGES[-1]))
+RESPONSE_BINS = len(RESPONSE_EDGES) - 1
 
 _UNFREEZE = re.compile(r"^finetune-unfreeze(?P<epoch>\d+|never)$")
 _BLOCKS = re.compile(r"^finetune-blocks(?P<blocks>\d+)$")
@@ -325,11 +335,16 @@ def _figure_legend(fig: Figure, axes: np.ndarray) -> None:
 
 # --- Fig. 5 ------------------------------------------------------------------------------------
 
-_FIG5_COLUMNS = {
-    "tau_id": ("sample", "label", "score"),
-    "pt_regression": ("sample", "pred_pt", "gen_tau_vis_pt"),
-    "decay_mode": ("sample", "decay_mode", *(f"prob_{name}" for name in DECAY_MODE_NAMES)),
-}
+def runs_from_details(paths: Iterable[str | os.PathLike[str]], size: int) -> dict[str, dict[str, list[Path]]]:
+    """Fig. 5's ``runs`` from the workflow's list of ``metrics_details.json`` files: task ->
+    strategy -> the run directories at ``size``. Only the listed runs are drawn, never whatever
+    else lies in the results folder (e.g. runs of a seed dropped from the config)."""
+    runs: dict[str, dict[str, list[Path]]] = {}
+    for path in map(Path, paths):
+        run = _read_details(path)["run"]
+        if int(run["size"]) == size:
+            runs.setdefault(str(run["task"]), {}).setdefault(str(run["strategy"]), []).append(path.parent)
+    return runs
 
 
 def fig5_physics(
@@ -343,15 +358,15 @@ def fig5_physics(
     """Physics metrics at one training size, per strategy, mean and min-max spread over seeds.
 
     ``runs`` maps task -> strategy -> the run directories (one per seed) of that strategy at
-    ``size``. Panels: (a) misID rate (``background_sample`` jets) vs tau efficiency
-    (``signal_sample`` tau jets), mean curve on :data:`EFFICIENCY_GRID` with a min-max band;
-    (b) pT response pred_pt / gen_tau_vis_pt of the ``signal_sample`` tau jets, mean of the
-    per-seed normalised histograms with a min-max band, median and IQR (means over seeds) in the
-    legend; (c) one-vs-rest AUC per decay mode on the ``signal_sample`` tau jets, grouped bars
-    (mean) with min-max error bars. Strategies other than :data:`BASE_STRATEGIES` are left out.
-
-    Tau jets are the label-1 jets of ``signal_sample``, background the label-0 jets of
-    ``background_sample``; the misID rate at an efficiency is that of :func:`misid_curve`.
+    ``size`` (:func:`runs_from_details`). Everything drawn is read from each run's
+    ``metrics_details.json`` (the metrics stage, :func:`taufm.evaluate.metrics.evaluate_run`):
+    nothing is recomputed here. Panels: (a) misID rate (``background_sample`` jets) vs tau
+    efficiency (``signal_sample`` tau jets), mean curve with a min-max band; (b) pT response
+    pred_pt / gen_tau_vis_pt of the ``signal_sample`` tau jets, mean of the per-seed normalised
+    histograms with a min-max band, median and IQR (means over seeds) in the legend; (c)
+    one-vs-rest AUC per decay mode on the ``signal_sample`` tau jets, grouped bars (mean) with
+    min-max error bars. Strategies other than :data:`BASE_STRATEGIES` are left out, and so are
+    runs whose numbers are undefined (no such jets, a diverged model), with a warning.
     """
     what = "Fig. 5"
     if not _is_int(size) or size <= 0:
@@ -363,36 +378,35 @@ def fig5_physics(
         raise TaufmError(f"{what}: unknown task(s) {', '.join(map(repr, unknown))} in runs; known: {', '.join(TASKS)}")
 
     # Read and check every file first: an error must leave no figure behind.
-    predictions: dict[str, dict[str, list[tuple[Path, dict[str, np.ndarray]]]]] = {}
+    details: dict[str, dict[str, list[tuple[Path, dict]]]] = {}
     for task in TASKS:
         by_strategy = runs.get(task) or {}
         if not isinstance(by_strategy, Mapping):
             raise TaufmError(f"{what}: runs[{task!r}] must map strategy -> run directories")
-        predictions[task] = {}
+        details[task] = {}
         for strategy in BASE_STRATEGIES:
             directories = _directories(by_strategy.get(strategy) or [])
             if directories:
-                predictions[task][strategy] = [(d, _read_predictions(d, _FIG5_COLUMNS[task])) for d in directories]
+                details[task][strategy] = [(d, _run_details(d, task)) for d in directories]
         left_out = sorted(set(by_strategy) - set(BASE_STRATEGIES), key=str)
         if left_out:
             log.info("%s: strategies %s of %s are not drawn", what, ", ".join(map(str, left_out)), task)
 
-    samples = (signal_sample, background_sample)
     compute = {
-        "tau_id": lambda r: _tau_id_stats(r, *samples),
+        "tau_id": lambda r: _tau_id_stats(r, signal_sample, background_sample),
         "pt_regression": lambda r: _response_stats(r, signal_sample),
         "decay_mode": lambda r: _decay_mode_stats(r, signal_sample),
     }
     summary: dict = {"size": size, "signal_sample": signal_sample, "background_sample": background_sample}
     for task in TASKS:  # strategies whose runs have no usable jets are not drawn
-        stats = {strategy: compute[task](task_runs) for strategy, task_runs in predictions[task].items()}
+        stats = {strategy: compute[task](task_runs) for strategy, task_runs in details[task].items()}
         summary[task] = {strategy: st for strategy, st in stats.items() if st["n_seeds"] > 0}
 
     with taufm_style():
         fig, axes = new_figure(1, 3, panel_size=(6.5, 5.25))
-        _draw_misid(axes[0, 0], summary["tau_id"], predictions["tau_id"], *samples)
-        _draw_response(axes[0, 1], summary["pt_regression"], predictions["pt_regression"], signal_sample)
-        _draw_decay_mode_auc(axes[0, 2], summary["decay_mode"], predictions["decay_mode"], signal_sample)
+        _draw_misid(axes[0, 0], summary["tau_id"], details["tau_id"], signal_sample, background_sample)
+        _draw_response(axes[0, 1], summary["pt_regression"], details["pt_regression"], signal_sample)
+        _draw_decay_mode_auc(axes[0, 2], summary["decay_mode"], details["decay_mode"], signal_sample)
         fig.suptitle(f"Physics performance, {_size_label(size)} training jets: mean and min-max over seeds")
         save_figure(fig, output_stem)
     log.info("Fig. 5: %s", {t: {s: v.get("n_seeds") for s, v in summary[t].items()} for t in TASKS})
@@ -405,70 +419,69 @@ def _directories(value: object) -> list[Path]:
     return [Path(v) for v in value]  # type: ignore[union-attr]
 
 
-def _read_predictions(run_dir: Path, columns: Sequence[str]) -> dict[str, np.ndarray]:
-    """``columns`` of ``<run_dir>/predictions.parquet`` (only those)."""
-    path = run_dir / "predictions.parquet"
+def _read_details(path: Path) -> dict:
+    """A ``metrics_details.json``, checked for the run keys and the samples."""
+    if not path.is_file():
+        raise TaufmError(f"{path} does not exist (written by the metrics stage: `taufm metrics --details`)")
+    try:
+        details = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise TaufmError(f"cannot read {path}: {err}") from err
+    if not isinstance(details, dict) or not isinstance(details.get("run"), dict) or not isinstance(details.get("samples"), dict):
+        raise TaufmError(f"{path}: not a run's metrics details (no 'run' or 'samples')")
+    missing = [k for k in ("task", "strategy", "size", "seed") if k not in details["run"]]
+    if missing:
+        raise TaufmError(f"{path}: the run lacks key(s) {', '.join(missing)}")
+    return details
+
+
+# What Fig. 5 reads of each test sample of a run, per task: its metrics, and its curves.
+_FIG5_NEEDS = {
+    "tau_id": ((f"misid_at_{round(100 * WORKING_POINT)}",), ("misid",)),
+    "pt_regression": (("response", "resolution_iqr", "resolution_iqr_over_median"), ("response",)),
+    "decay_mode": (("auc_weighted", *(f"auc_{name}" for name in DECAY_MODE_NAMES)), ()),
+}
+
+
+def _run_details(run_dir: Path, task: str) -> dict:
+    """The test samples of ``<run_dir>/metrics_details.json``, checked to be of ``task`` and to
+    hold what Fig. 5 draws."""
+    path = run_dir / DETAILS_FILE
     if not run_dir.is_dir():
         raise TaufmError(f"run directory {run_dir} does not exist")
-    if not path.is_file():
-        raise TaufmError(f"run directory {run_dir} has no predictions.parquet")
-    try:
-        with pq.ParquetFile(path) as pf:
-            missing = [c for c in columns if c not in pf.schema_arrow.names]
-            if missing:
-                raise TaufmError(f"{path} has no column(s) {', '.join(missing)}")
-            table = pf.read(columns=list(columns))
-    except (pa.ArrowException, OSError) as err:
-        raise TaufmError(f"cannot read {path}: {err}") from err
-    data = {c: table.column(c).to_numpy(zero_copy_only=False) for c in columns}
-    data["sample"] = data["sample"].astype(str)
-    return data
+    details = _read_details(path)
+    if details["run"]["task"] != task:
+        raise TaufmError(f"{path}: a {details['run']['task']} run, listed as {task}")
+    metrics, curves = _FIG5_NEEDS[task]
+    for sample, values in details["samples"].items():
+        lacking = [k for k in metrics if k not in values.get("metrics", {})]
+        lacking += [f"curves.{k}" for k in curves if k not in values.get("curves", {}) and not (task == "tau_id" and sample == BACKGROUND_SAMPLE)]
+        if lacking:
+            raise TaufmError(f"{path}: sample {sample} has no {', '.join(lacking)}")
+    return details["samples"]
 
 
-def _finite(path: object, name: str, values: np.ndarray) -> np.ndarray:
-    values = np.asarray(values, dtype=np.float64)
-    if not np.all(np.isfinite(values)):
-        raise TaufmError(f"{path}: column {name} has NaN or infinite values")
-    return values
-
-
-def misid_curve(signal: np.ndarray, background: np.ndarray, efficiency: np.ndarray | float) -> np.ndarray:
-    """MisID rate (background fraction passing) at tau efficiency ``efficiency`` (signal fraction passing).
-
-    The ROC is the polyline through every threshold of :func:`sklearn.metrics.roc_curve`, from
-    (0, 0) to (1, 1); the misID rate is interpolated linearly on the segment that crosses the
-    efficiency, and where the ROC reaches it exactly, the lowest misID rate there (the definition
-    of ``misid_at_80`` in :mod:`taufm.evaluate.metrics`).
-    """
-    signal = np.asarray(signal, dtype=np.float64)
-    background = np.asarray(background, dtype=np.float64)
-    label = np.r_[np.ones(len(signal), dtype=bool), np.zeros(len(background), dtype=bool)]
-    fpr, tpr, _ = roc_curve(label, np.r_[signal, background], drop_intermediate=False)
-    eff = np.asarray(efficiency, dtype=np.float64)
-    i = np.clip(np.searchsorted(tpr, eff, side="left"), 0, len(tpr) - 1)  # first point with tpr >= eff
-    exact = (tpr[i] == eff) | (i == 0)
-    previous = np.maximum(i - 1, 0)
-    step = np.where(exact, 1.0, tpr[i] - tpr[previous])
-    interpolated = fpr[previous] + (eff - tpr[previous]) * (fpr[i] - fpr[previous]) / step
-    return np.where(exact, fpr[i], interpolated)
+def _number_or_nan(value: object) -> float:
+    return math.nan if value is None else float(value)  # type: ignore[arg-type]
 
 
 def _tau_id_stats(runs: Sequence[tuple[Path, dict]], signal_sample: str, background_sample: str) -> dict:
     curves, at_wp, counts, used = [], [], [], []
-    for run_dir, data in runs:
-        path = run_dir / "predictions.parquet"
-        score = data["score"]
-        label = np.asarray(data["label"]) == 1
-        signal = (data["sample"] == signal_sample) & label
-        background = (data["sample"] == background_sample) & ~label
-        if not np.any(signal) or not np.any(background):
-            log.warning("Fig. 5a: %s has no %s tau jets or no %s jets; left out", path, signal_sample, background_sample)
+    key = f"misid_at_{round(100 * WORKING_POINT)}"
+    for run_dir, samples in runs:
+        curve = samples.get(signal_sample, {}).get("curves", {}).get("misid")
+        if curve is None or not curve["n_signal"] or not curve["n_background"]:
+            log.warning("Fig. 5a: %s has no %s tau jets or no %s jets; left out", run_dir, signal_sample, background_sample)
             continue
-        sig = _finite(path, "score", score[signal])
-        bkg = _finite(path, "score", score[background])
-        curves.append(misid_curve(sig, bkg, EFFICIENCY_GRID))
-        at_wp.append(float(misid_curve(sig, bkg, WORKING_POINT)))
-        counts.append((len(sig), len(bkg)))
+        misid = np.array([_number_or_nan(v) for v in curve["misid"]], dtype=np.float64)
+        if not np.all(np.isfinite(misid)):
+            log.warning("Fig. 5a: %s has no finite misID curve (non-finite scores?); left out", run_dir)
+            continue
+        if not np.allclose(curve["efficiency"], EFFICIENCY_GRID):
+            raise TaufmError(f"{run_dir / DETAILS_FILE}: its misID curve is on another efficiency grid")
+        curves.append(misid)
+        at_wp.append(_number_or_nan(samples[signal_sample]["metrics"][key]))
+        counts.append((int(curve["n_signal"]), int(curve["n_background"])))
         used.append(str(run_dir))
     if not curves:
         return {"n_seeds": 0}
@@ -487,27 +500,25 @@ def _tau_id_stats(runs: Sequence[tuple[Path, dict]], signal_sample: str, backgro
 
 
 def _response_edges() -> np.ndarray:
-    return np.linspace(*RESPONSE_RANGE, RESPONSE_BINS + 1)
+    return RESPONSE_EDGES
 
 
 def _response_stats(runs: Sequence[tuple[Path, dict]], signal_sample: str) -> dict:
-    edges = _response_edges()
     fractions, medians, iqrs, ratios_iqr, outside, used = [], [], [], [], [], []
-    for run_dir, data in runs:
-        jets = data["sample"] == signal_sample
-        with np.errstate(divide="ignore", invalid="ignore"):
-            response = np.asarray(data["pred_pt"], np.float64)[jets] / np.asarray(data["gen_tau_vis_pt"], np.float64)[jets]
-        response = response[np.isfinite(response)]
-        if response.size == 0:
+    for run_dir, samples in runs:
+        sample = samples.get(signal_sample)
+        histogram = None if sample is None else sample["curves"]["response"]
+        if histogram is None or not histogram["n"]:
             log.warning("Fig. 5b: %s has no %s jets with a finite response; left out", run_dir, signal_sample)
             continue
-        q25, q50, q75 = (float(q) for q in np.percentile(response, [25, 50, 75]))
-        medians.append(q50)
-        iqrs.append(q75 - q25)
-        ratios_iqr.append((q75 - q25) / q50 if q50 != 0 else math.nan)
-        counts, _ = np.histogram(np.clip(response, edges[0], edges[-1]), bins=edges)
-        fractions.append(counts / response.size)
-        outside.append(float(np.mean((response < edges[0]) | (response > edges[-1]))))
+        if not np.allclose(histogram["bin_edges"], RESPONSE_EDGES):
+            raise TaufmError(f"{run_dir / DETAILS_FILE}: its response histogram has other bin edges")
+        metrics = sample["metrics"]
+        medians.append(_number_or_nan(metrics["response"]))
+        iqrs.append(_number_or_nan(metrics["resolution_iqr"]))
+        ratios_iqr.append(_number_or_nan(metrics["resolution_iqr_over_median"]))
+        fractions.append(np.asarray(histogram["fractions"], dtype=np.float64))
+        outside.append(_number_or_nan(histogram["fraction_outside"]))
         used.append(str(run_dir))
     if not fractions:
         return {"n_seeds": 0}
@@ -515,7 +526,7 @@ def _response_stats(runs: Sequence[tuple[Path, dict]], signal_sample: str) -> di
     return {
         "n_seeds": len(fractions),
         "runs": used,
-        "bin_edges": edges.tolist(),
+        "bin_edges": RESPONSE_EDGES.tolist(),
         "fraction_mean": stack.mean(axis=0).tolist(),
         "fraction_min": stack.min(axis=0).tolist(),
         "fraction_max": stack.max(axis=0).tolist(),
@@ -526,31 +537,19 @@ def _response_stats(runs: Sequence[tuple[Path, dict]], signal_sample: str) -> di
     }
 
 
-def _auc(y: np.ndarray, score: np.ndarray) -> float:
-    if y.all() or not y.any():
-        return math.nan
-    return float(roc_auc_score(y, score))
-
-
 def _decay_mode_stats(runs: Sequence[tuple[Path, dict]], signal_sample: str) -> dict:
     per_class: dict[str, list[float]] = {name: [] for name in DECAY_MODE_NAMES}
     weighted, used = [], []
-    for run_dir, data in runs:
-        path = run_dir / "predictions.parquet"
-        mode = np.asarray(data["decay_mode"], dtype=np.float64)
-        jets = (data["sample"] == signal_sample) & np.isin(mode, np.arange(len(DECAY_MODE_NAMES)))
-        if not np.any(jets):
-            log.warning("Fig. 5c: %s has no %s tau jets; left out", path, signal_sample)
+    for run_dir, samples in runs:
+        sample = samples.get(signal_sample)
+        metrics = {} if sample is None else sample["metrics"]
+        aucs = [_number_or_nan(metrics.get(f"auc_{name}")) for name in DECAY_MODE_NAMES]
+        if not any(math.isfinite(a) for a in aucs):
+            log.warning("Fig. 5c: %s has no %s tau jets with a defined AUC; left out", run_dir, signal_sample)
             continue
-        truth = mode[jets].astype(np.int64)
-        aucs = []
-        for i, name in enumerate(DECAY_MODE_NAMES):
-            prob = _finite(path, f"prob_{name}", np.asarray(data[f"prob_{name}"])[jets])
-            aucs.append(_auc(truth == i, prob))
-            per_class[name].append(aucs[-1])
-        counts = np.bincount(truth, minlength=len(DECAY_MODE_NAMES))
-        defined = np.isfinite(aucs) & (counts > 0)
-        weighted.append(float(np.average(np.asarray(aucs)[defined], weights=counts[defined])) if defined.any() else math.nan)
+        for name, auc in zip(DECAY_MODE_NAMES, aucs, strict=True):
+            per_class[name].append(auc)
+        weighted.append(_number_or_nan(metrics["auc_weighted"]))
         used.append(str(run_dir))
     if not used:
         return {"n_seeds": 0}
@@ -820,25 +819,46 @@ def summary_table(
     csv_path: str | os.PathLike[str],
     *,
     test_sample: str = SIGNAL_SAMPLE,
+    comparisons: Iterable[Mapping] = (),
 ) -> list[dict]:
     """The paper's headline numbers (SPEC §8, at 1e4 training jets) beside ours at ``size``.
 
     One row per :data:`HEADLINES` entry; ours are mean ± std over seeds of the metrics-table rows
-    of ``test_sample`` for scratch, finetune and (if present) part. Resolution: the paper's
-    headline is (q75 - q25) / q50 of pred / true pT (``resolution_iqr_over_median``); the raw IQR is
-    listed too. Writes Markdown to ``md_path`` and CSV to ``csv_path``, both atomically (both or
-    neither); returns the CSV rows as dicts (``None`` for an empty cell).
+    of ``test_sample`` for scratch, finetune and (if present) part, with the bootstrap 68%
+    interval of the seed mean over the test jets where the table's "mean" row has one
+    (``<strategy>_ci68_low/high``). Resolution: the paper's headline is (q75 - q25) / q50 of
+    pred / true pT (``resolution_iqr_over_median``); the raw IQR is listed too.
+
+    ``comparisons`` (rows of :func:`taufm.evaluate.metrics.compare_strategies`) add, per
+    headline and pair of strategies (a, b), the difference a - b of the seed means with its
+    bootstrap interval and seed standard error (``<a>_minus_<b>``, ``..._ci68_low/high``,
+    ``..._seed_se``), in the CSV and as a second Markdown table.
+
+    Writes Markdown to ``md_path`` and CSV to ``csv_path``, both atomically (both or neither);
+    returns the CSV rows as dicts (``None`` for an empty cell).
     """
     what = "summary table"
     if not _is_int(size) or size <= 0:
         raise TaufmError(f"{what}: size must be a positive integer, got {size!r}")
     if Path(md_path) == Path(csv_path):
         raise TaufmError(f"{what}: the Markdown and CSV outputs are the same file {md_path}")
+    rows = rows if isinstance(rows, (Mapping, str, bytes)) else list(rows)  # read twice below
     runs = [r for r in _run_rows(rows, what) if r.size == size and r.strategy in TABLE_STRATEGIES]
     for r in runs:
         if "test_sample" not in r.data:
             raise TaufmError(f"{what}: metrics row {r.index} ({r.describe()}) has no key 'test_sample'")
     runs = [r for r in runs if r.data["test_sample"] == test_sample]
+    means = {
+        (r.get("task"), r.get("strategy")): r
+        for r in rows
+        if isinstance(r, Mapping) and r.get("statistic") == "mean" and r.get("size") == size and r.get("test_sample") == test_sample
+    }
+    differences = {
+        (c.get("metric"), c.get("strategy_a"), c.get("strategy_b")): c
+        for c in comparisons
+        if c.get("size") == size and c.get("test_sample") == test_sample
+    }
+    pairs = [pair for pair in COMPARISONS if any(k[1:] == pair for k in differences)]
 
     table = []
     for h in HEADLINES:
@@ -858,11 +878,21 @@ def summary_table(
         for strategy in TABLE_STRATEGIES:
             st = _stats(v for (_, s, _, _), v in sorted(values.items()) if s == strategy)
             row[f"{strategy}_mean"], row[f"{strategy}_std"], row[f"{strategy}_n_seeds"] = st["mean"], st["std"], st["n_seeds"]
+            mean_row = means.get((h.task, strategy), {})
+            for bound in ("low", "high"):
+                row[f"{strategy}_ci68_{bound}"] = _finite_or_none(mean_row.get(f"{h.key}_ci68_{bound}"))
         row["finetune_over_scratch"] = _ratio(row["finetune_mean"], row["scratch_mean"])
+        for a, b in pairs:
+            found = differences.get((h.key, a, b), {})
+            name = f"{a}_minus_{b}"
+            row[name] = _finite_or_none(found.get("difference"))
+            row[f"{name}_ci68_low"] = _finite_or_none(found.get("difference_ci68_low"))
+            row[f"{name}_ci68_high"] = _finite_or_none(found.get("difference_ci68_high"))
+            row[f"{name}_seed_se"] = _finite_or_none(found.get("difference_seed_se"))
         table.append(row)
 
     with_part = any(row["part_n_seeds"] for row in table)
-    markdown = _markdown(table, size, test_sample, with_part)
+    markdown = _markdown(table, size, test_sample, with_part, pairs)
     with atomic_output(Path(md_path)) as tmp_md, atomic_output(Path(csv_path)) as tmp_csv:
         tmp_md.write_text(markdown, encoding="utf-8")
         with tmp_csv.open("w", newline="", encoding="utf-8") as f:
@@ -873,26 +903,47 @@ def summary_table(
     return table
 
 
+def _finite_or_none(value: object) -> float | None:
+    if value is None or isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
 def _ratio(numerator: float | None, denominator: float | None) -> float | None:
     if numerator is None or denominator is None or denominator == 0:
         return None
     return numerator / denominator
 
 
-def _cell(mean: float | None, std: float | None, n: int) -> str:
+def _cell(mean: float | None, std: float | None, n: int, low: float | None = None, high: float | None = None) -> str:
     if mean is None:
         return "—"
     text = f"{mean:.4g}"
     if std is not None:
         text += f" ± {std:.2g}"
+    if low is not None and high is not None:
+        text += f" [{low:.4g}, {high:.4g}]"
     return f"{text} ({n})"
+
+
+def _difference_cell(row: Mapping, name: str) -> str:
+    value = row.get(name)
+    if value is None:
+        return "—"
+    text = f"{value:+.3g}"
+    low, high, se = row.get(f"{name}_ci68_low"), row.get(f"{name}_ci68_high"), row.get(f"{name}_seed_se")
+    if low is not None and high is not None:
+        text += f" [{low:+.3g}, {high:+.3g}]"
+    if se is not None:
+        text += f", seeds ± {se:.2g}"
+    return text
 
 
 def _number(value: float | None, fmt: str = ".4g") -> str:
     return "—" if value is None else format(value, fmt)
 
 
-def _markdown(table: Sequence[dict], size: int, test_sample: str, with_part: bool) -> str:
+def _markdown(table: Sequence[dict], size: int, test_sample: str, with_part: bool, pairs: Sequence[tuple[str, str]] = ()) -> str:
     strategies = [s for s in TABLE_STRATEGIES if s != "part" or with_part]
     size_text = f"{size:,}"
     head = [
@@ -908,7 +959,8 @@ def _markdown(table: Sequence[dict], size: int, test_sample: str, with_part: boo
         f"# Headline numbers: the paper beside ours at {size_text} training jets",
         "",
         f"Paper values (SPEC §8) are at {PAPER_SIZE:,} training jets. Ours: mean ± std over seeds (population std,"
-        f" ddof={STD_DDOF}; no std for one seed), number of seeds in brackets, on the {test_sample} test sample."
+        f" ddof={STD_DDOF}; no std for one seed), in square brackets the bootstrap 68% interval of the seed mean over"
+        f" the test jets, number of seeds in round brackets, on the {test_sample} test sample."
         " Ratio: fine-tune / scratch. The paper's resolution is (q75 - q25) / q50 of pred / true pT;"
         " the raw IQR is listed below it. — : not available.",
         "",
@@ -924,8 +976,23 @@ def _markdown(table: Sequence[dict], size: int, test_sample: str, with_part: boo
             _number(row["paper_scratch"]),
             _number(row["paper_finetune"]),
             _number(row["paper_finetune_over_scratch"], ".3f"),
-            *(_cell(row[f"{s}_mean"], row[f"{s}_std"], row[f"{s}_n_seeds"]) for s in strategies),
+            *(_cell(row[f"{s}_mean"], row[f"{s}_std"], row[f"{s}_n_seeds"], row[f"{s}_ci68_low"], row[f"{s}_ci68_high"]) for s in strategies),
             _number(row["finetune_over_scratch"], ".3f"),
         ]
         lines.append("| " + " | ".join(cells) + " |")
+    if pairs:
+        labels = [f"{STRATEGY_LABELS[a]} − {STRATEGY_LABELS[b]}" for a, b in pairs]
+        lines += [
+            "",
+            "## Differences between strategies",
+            "",
+            "Difference of the seed means, in square brackets its bootstrap 68% interval over the test jets (paired where"
+            " both strategies were tested on the same jets), then the standard error from the seed spread"
+            " (sqrt(s_a²/n_a + s_b²/n_b), needs two seeds each).",
+            "",
+            "| metric | " + " | ".join(labels) + " |",
+            "| --- | " + " | ".join(["---:"] * len(labels)) + " |",
+        ]
+        for row in table:
+            lines.append("| " + " | ".join([row["metric"], *(_difference_cell(row, f"{a}_minus_{b}") for a, b in pairs)]) + " |")
     return "\n".join(lines) + "\n"
