@@ -17,6 +17,32 @@ from taufm.errors import TaufmError
 from taufm.ingest.shards import CANDIDATE_FEATURES, MASK_COLUMN, SPLITS
 
 
+PARQUET_READ_ERRORS = (pa.ArrowException, OSError)  # what pyarrow raises on a damaged file
+
+
+def read_parquet_or_fail(path: str | Path, read, what: str = "Parquet shard"):
+    """``read()`` (a pyarrow read of ``path``) with a damaged file — a corrupt data page, a bad
+    page header, a truncated column chunk, which only show when the data are read — turned into a
+    :class:`TaufmError` naming the file."""
+    try:
+        return read()
+    except PARQUET_READ_ERRORS as err:
+        raise TaufmError(f"{path}: cannot read the {what}, the file is damaged ({type(err).__name__}: {err})") from err
+
+
+def iter_parquet_batches(parquet: pq.ParquetFile, path: str | Path, batch_size: int, what: str = "Parquet shard"):
+    """``parquet.iter_batches(batch_size)``, a damaged page a :class:`TaufmError` naming the file."""
+    batches = parquet.iter_batches(batch_size=batch_size)
+    while True:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        except PARQUET_READ_ERRORS as err:
+            raise TaufmError(f"{path}: cannot read the {what}, the file is damaged ({type(err).__name__}: {err})") from err
+        yield batch
+
+
 def column_to_numpy(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
     """A Parquet column as numpy; fixed-size list columns become 2-D arrays."""
     if isinstance(column, pa.ChunkedArray):
@@ -49,7 +75,7 @@ def read_shards(paths: Sequence[str | Path], columns: Sequence[str], split: str 
         missing = [c for c in wanted if c not in schema.names]
         if missing:
             raise TaufmError(f"{path}: missing column(s) {', '.join(missing)} (is it a shard of the right stage?)")
-        table = pq.read_table(path, columns=wanted)
+        table = read_parquet_or_fail(path, lambda: pq.read_table(path, columns=wanted))
         if split is not None:
             keep = column_to_numpy(table.column("split")) == SPLITS.index(split)
             table = table.filter(pa.array(keep))

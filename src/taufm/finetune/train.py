@@ -35,11 +35,11 @@ from taufm.finetune.tasks import TASK_NAMES, epoch_metrics, n_outputs, predict, 
 from taufm.finetune.tasks import loss as task_loss
 from taufm.ingest.shards import CANDIDATE_COLUMNS, MASK_COLUMN, ShardWriter
 from taufm.io import atomic_output
-from taufm.models.gpt import GPTBackbone, GPTConfig
+from taufm.models.gpt import GPTBackbone
 from taufm.models.heads import HeadConfig, TaskHead
 from taufm.models.part import PART_PREPROCESSING, ParTConfig, ParticleTransformer
 from taufm.pretrain.data import token_vocabulary
-from taufm.pretrain.train import load_backbone
+from taufm.pretrain.train import backbone_config, load_backbone
 from taufm.train.runtime import (
     History,
     adamw,
@@ -162,7 +162,7 @@ def build_model(task: str, strategy: Strategy, settings: FinetuneSettings, backb
     if strategy.pretrained:
         backbone = load_backbone(backbone_path)
     else:  # the same architecture, fresh weights
-        backbone = GPTBackbone(GPTConfig(**load_checkpoint(backbone_path)["config"]["model"]))
+        backbone = GPTBackbone(backbone_config(backbone_path))
     if strategy.n_blocks is not None and strategy.n_blocks > backbone.config.n_blocks:
         raise TaufmError(f"strategy {strategy.name!r} asks for {strategy.n_blocks} blocks; {backbone_path} has {backbone.config.n_blocks}")
     head = TaskHead(backbone.config.dim, n_outputs(task), HeadConfig(**settings.head))
@@ -173,8 +173,10 @@ def check_backbone_fits_tokens(backbone_path: Path, shards: Sequence[str | Path]
     """The backbone must embed the token shards' vocabulary; pretrained weights must also come
     from tokens of the very tokenizer that made the shards (same size is not enough: another
     tokenizer's code 7 is another particle)."""
+    payload = load_checkpoint(backbone_path)
+    backbone_config(backbone_path, payload)  # another stage's checkpoint is named as such
+    config = payload["config"]
     vocabulary = token_vocabulary(shards)
-    config = load_checkpoint(backbone_path)["config"]
     size = vocabulary["token_ids"]["vocabulary_size"]
     if config.get("vocab_size") != size:
         raise TaufmError(f"{backbone_path}: embeds a vocabulary of {config.get('vocab_size')} tokens; the token shards ({shards[0]}, ...) use {size}")

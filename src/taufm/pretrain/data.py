@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 import torch
 
 from taufm import paths
-from taufm.data import column_to_numpy
+from taufm.data import column_to_numpy, read_parquet_or_fail
 from taufm.errors import TaufmError
 from taufm.ingest.shards import SPLITS
 
@@ -75,7 +75,7 @@ class TokenBatches:
             missing = [c for c in TOKEN_COLUMNS if c not in parquet.schema_arrow.names]
             if missing:
                 raise TaufmError(f"{shard}: missing column(s) {', '.join(missing)} (is it a token shard?)")
-            split_column = column_to_numpy(parquet.read(columns=["split"]).column("split"))
+            split_column = column_to_numpy(read_parquet_or_fail(shard, lambda: parquet.read(columns=["split"]), "token shard").column("split"))
             self.n_rows += int((split_column == self.split_index).sum())
             self.row_groups += [(i, g) for g in range(parquet.num_row_groups)]
 
@@ -87,7 +87,8 @@ class TokenBatches:
         rng = np.random.default_rng([self.seed, epoch])
         for k in rng.permutation(len(self.row_groups)):
             shard, group = self.row_groups[k]
-            table = pq.ParquetFile(self.shards[shard]).read_row_group(group, columns=list(TOKEN_COLUMNS))
+            path = self.shards[shard]
+            table = read_parquet_or_fail(path, lambda: pq.ParquetFile(path).read_row_group(group, columns=list(TOKEN_COLUMNS)), "token shard")
             keep = column_to_numpy(table.column("split")) == self.split_index
             tokens = column_to_numpy(table.column("tokens"))[keep][:, : self.max_length]
             mask = column_to_numpy(table.column("token_mask"))[keep][:, : self.max_length]

@@ -144,14 +144,22 @@ def backbone_payload(backbone: GPTBackbone, head: NextTokenHead, vocabulary: Map
     }
 
 
+def backbone_config(path: str | Path, payload: Mapping | None = None) -> GPTConfig:
+    """The architecture of the backbone checkpoint at ``path``; a file that is another stage's
+    checkpoint (a tokenizer, a fine-tuned model) is a :class:`TaufmError` naming it."""
+    payload = load_checkpoint(path) if payload is None else payload
+    try:
+        return GPTConfig(**payload["config"]["model"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise TaufmError(f"{path}: not a pretrained backbone checkpoint (no GPT model config: {type(err).__name__}: {err})") from err
+
+
 def load_backbone(path: str | Path, expect: Mapping | None = None) -> GPTBackbone:
     """A pretrained backbone, loaded strictly; ``expect`` (e.g. vocab_size, dim) must match."""
     payload = load_checkpoint(path, expect=expect)
-    try:
-        config = GPTConfig(**payload["config"]["model"])
-    except (KeyError, TypeError, ValueError) as err:
-        raise TaufmError(f"{path}: not a backbone checkpoint ({err})") from err
-    backbone = GPTBackbone(config)
+    backbone = GPTBackbone(backbone_config(path, payload))
+    if "backbone" not in payload:
+        raise TaufmError(f"{path}: not a pretrained backbone checkpoint (no backbone weights)")
     load_state_strict(backbone, payload["backbone"], path)
     return backbone
 

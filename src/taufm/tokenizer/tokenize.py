@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
-from taufm.data import CANDIDATE_FEATURE_COLUMNS, candidate_arrays, column_to_numpy
+from taufm.data import CANDIDATE_FEATURE_COLUMNS, candidate_arrays, column_to_numpy, iter_parquet_batches, read_parquet_or_fail
 from taufm.errors import TaufmError
 from taufm.ingest.shards import MASK_COLUMN, ShardWriter
 from taufm.tokenizer.train import load_tokenizer
@@ -76,7 +76,7 @@ def tokenize_shard(shard: str | Path, tokenizer: str | Path, output: str | Path,
         log.warning("%s holds no jets: writing an empty token shard", shard)
     jets = dropped = 0
     # An empty shard (a file whose events gave no jet) still yields a token shard, with no rows.
-    batches = [parquet.read()] if empty else parquet.iter_batches(batch_size=batch_size)
+    batches = [read_parquet_or_fail(shard, parquet.read)] if empty else iter_parquet_batches(parquet, shard, batch_size)
     with ShardWriter(output) as writer:
         for batch in batches:
             table = {c: column_to_numpy(batch.column(c)) for c in batch.schema.names}
