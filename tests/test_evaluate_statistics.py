@@ -43,7 +43,8 @@ def _run(root, strategy: str, seed: int, table: pa.Table, size: int = 1000, loss
     directory = root / "finetune" / "tau_id" / strategy / f"n{size}" / f"seed{seed}"
     directory.mkdir(parents=True)
     pq.write_table(table, directory / "predictions.parquet")
-    (directory / "summary.json").write_text(json.dumps({"task": "tau_id", "strategy": strategy, "size": size, "seed": seed}))
+    summary = {"task": "tau_id", "strategy": strategy, "size": size, "seed": seed, "device_seconds": 5.0, "flops_per_jet": 2e4, "jets_trained": 2000, "jets_per_second": 400.0}
+    (directory / "summary.json").write_text(json.dumps(summary))
     (directory / "history.csv").write_text(f"epoch,val_loss\n0,{loss + 0.1}\n1,{loss}\n")
     return directory
 
@@ -186,17 +187,27 @@ def test_metrics_aggregate_and_figures_commands(tmp_path, capsys):
         assert main(["metrics", "--run-dir", str(run), "--output", str(run / "metrics.json"), "--details", str(run / m.DETAILS_FILE),
                      "--bootstrap-replicates", "20"]) == 0
     out = tmp_path / "tables"
+    tokenizer_summary = tmp_path / "tokenizer_summary.json"
+    tokenizer_summary.write_text(json.dumps({"device_seconds": 30.0, "flops_per_jet": 1e5, "jets_trained": 1000, "jets_per_second": 33.3, "peak_memory_mb": 200.0}))
     tables = ["--csv", str(out / "metrics.csv"), "--parquet", str(out / "metrics.parquet"),
-              "--comparisons-csv", str(out / "comparisons.csv"), "--comparisons-parquet", str(out / "comparisons.parquet")]
+              "--comparisons-csv", str(out / "comparisons.csv"), "--comparisons-parquet", str(out / "comparisons.parquet"),
+              "--grid-cost-csv", str(out / "grid_cost.csv"), "--grid-cost-parquet", str(out / "grid_cost.parquet"),
+              "--stage-cost", f"tokenizer={tokenizer_summary}"]
     assert main(["aggregate-metrics", *tables, *(str(r / "metrics.json") for r in runs)]) == 0
     comparisons = pq.read_table(out / "comparisons.parquet").to_pylist()
     assert {c["bootstrap"] for c in comparisons if c["metric"] == "auc" and c["test_sample"] == "Z_Ztautau"} == {"paired"}
     figures = tmp_path / "figures"
+    cost = pq.read_table(out / "grid_cost.parquet").to_pylist()
+    assert [(r["stage"], r["strategy"]) for r in cost] == [("finetune", "scratch"), ("finetune", "finetune"), ("tokenizer", None), ("total", None)]
+    assert cost[-1]["device_seconds"] == pytest.approx(30.0 + 2 * 2 * 5.0)  # each run's summary says 5 s
+    assert cost[2]["train_flops_estimate"] == pytest.approx(3 * 1e5 * 1000)
     args = ["paper-figures", "--metrics", str(out / "metrics.parquet"), "--comparisons", str(out / "comparisons.parquet"),
+            "--grid-cost", str(out / "grid_cost.parquet"),
             "--size", "1000", "--ablation-size", "1000", "--unfreeze-epoch", "1", "--n-blocks", "2", "--output-dir", str(figures)]
     assert main([*args, *(str(r / m.DETAILS_FILE) for r in runs)]) == 0
     text = (figures / "summary_table.md").read_text()
     assert "## Differences between strategies" in text and "seeds ±" in text
+    assert (figures / "grid_cost.png").stat().st_size > 1000
     with (figures / "summary_table.csv").open(newline="") as handle:
         table = {row["key"]: row for row in csv.DictReader(handle)}
     auc = next(c for c in comparisons if c["metric"] == "auc" and c["test_sample"] == "Z_Ztautau")
@@ -209,3 +220,15 @@ def test_metrics_aggregate_and_figures_commands(tmp_path, capsys):
     assert "metrics_details.json: not a run details file" in capsys.readouterr().err
     code = main([*args[:2], str(tmp_path / "nowhere.parquet"), *args[3:], str(runs[1] / m.DETAILS_FILE)])
     assert code == 2 and "nowhere.parquet: not a readable metrics table" in capsys.readouterr().err
+
+
+def test_every_row_carries_the_runs_cost(tmp_path):
+    run = _run(tmp_path, "finetune", 0, _tau_id_predictions(0.8, 0))
+    rows = m.run_metrics(run, n_bootstrap=0)
+    for row in rows:
+        assert row["device_seconds"] == 5.0 and row["flops_per_jet"] == 2e4 and row["jets_per_second"] == 400.0
+        assert row["train_flops_estimate"] == 3 * 2e4 * 2000  # from the forward FLOPs when the summary has no estimate
+        assert math.isnan(row["peak_memory_mb"])  # not in this summary: NaN, not an error
+    (point, total) = m.grid_cost(rows)
+    assert point["n_runs"] == 1 and point["device_seconds"] == 5.0, "a run counts once, whatever its test samples"
+    assert total["stage"] == "total" and total["train_flops_estimate"] == 3 * 2e4 * 2000

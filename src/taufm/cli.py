@@ -210,7 +210,7 @@ def _read_json(path: str, what: str):
 def _cmd_aggregate_metrics(args: argparse.Namespace) -> None:
     from pathlib import Path
 
-    from taufm.evaluate.metrics import DETAILS_FILE, aggregate, compare_strategies, write_comparisons, write_table
+    from taufm.evaluate.metrics import DETAILS_FILE, aggregate, compare_strategies, grid_cost, write_comparisons, write_grid_cost, write_table
 
     rows, details = [], []
     for path in args.inputs:
@@ -219,8 +219,16 @@ def _cmd_aggregate_metrics(args: argparse.Namespace) -> None:
             raise TaufmError(f"{path}: not a metrics file (a JSON list of rows)")
         rows.extend(found)
         details.append(_read_json(str(Path(path).with_name(DETAILS_FILE)), "run details file (written by `taufm metrics` beside it)"))
+    stage_costs = {}
+    for pair in args.stage_cost:
+        name, sep, path = pair.partition("=")
+        if not sep or not name or not path:
+            raise TaufmError(f"--stage-cost {pair!r}: expected STAGE=PATH")
+        found = _read_json(path, "training summary")
+        stage_costs[name] = found.get("cost", found) if isinstance(found, dict) else {}
     write_table(aggregate(rows, details), args.csv, args.parquet)
     write_comparisons(compare_strategies(rows, details), args.comparisons_csv, args.comparisons_parquet)
+    write_grid_cost(grid_cost(rows, stage_costs), args.grid_cost_csv, args.grid_cost_parquet)
 
 
 def _cmd_paper_figures(args: argparse.Namespace) -> None:
@@ -228,10 +236,10 @@ def _cmd_paper_figures(args: argparse.Namespace) -> None:
 
     import pyarrow.parquet as pq
 
-    from taufm.plots.paper_figures import fig4_validation_loss, fig5_physics, fig7_ablations, runs_from_details, summary_table
+    from taufm.plots.paper_figures import fig4_validation_loss, fig5_physics, fig7_ablations, fig_grid_cost, runs_from_details, summary_table
 
     tables = {}
-    for name, path in (("metrics", args.metrics), ("comparisons", args.comparisons)):
+    for name, path in (("metrics", args.metrics), ("comparisons", args.comparisons), ("grid cost", args.grid_cost)):
         try:
             tables[name] = pq.read_table(path).to_pylist()
         except Exception as err:  # missing or not Parquet
@@ -242,6 +250,7 @@ def _cmd_paper_figures(args: argparse.Namespace) -> None:
         "fig5": fig5_physics(runs_from_details(args.runs, args.size), out / "fig5_physics", args.size),
         "fig7": fig7_ablations(tables["metrics"], out / "fig7_ablations", args.ablation_size, default_unfreeze_epoch=args.unfreeze_epoch, n_blocks_total=args.n_blocks),
         "table": summary_table(tables["metrics"], args.size, out / "summary_table.md", out / "summary_table.csv", comparisons=tables["comparisons"]),
+        "grid_cost": fig_grid_cost(tables["grid cost"], out / "grid_cost"),
     }
     log.info("paper figures: %s", json.dumps(summary, default=str)[:2000])
 
@@ -371,12 +380,17 @@ def build_parser() -> argparse.ArgumentParser:
     ag.add_argument("--parquet", required=True)
     ag.add_argument("--comparisons-csv", required=True, help="differences between strategies (fine-tune - scratch, ...) with intervals")
     ag.add_argument("--comparisons-parquet", required=True)
+    ag.add_argument("--grid-cost-csv", required=True, help="device-seconds and FLOPs per figure point, per training stage and in total")
+    ag.add_argument("--grid-cost-parquet", required=True)
+    ag.add_argument("--stage-cost", action="append", default=[], metavar="STAGE=PATH",
+                    help="an upstream training stage's summary (tokenizer summary.json, pretraining model_config.json)")
     ag.add_argument("inputs", nargs="+", help="metrics.json files of the runs (each with its metrics_details.json beside it)")
     ag.set_defaults(func=_cmd_aggregate_metrics)
 
     pf = sub.add_parser("paper-figures", help="the paper's Fig. 4, 5, 7 and the headline table from the stored metrics")
     pf.add_argument("--metrics", required=True, help="metrics.parquet from aggregate-metrics")
     pf.add_argument("--comparisons", required=True, help="comparisons.parquet from aggregate-metrics")
+    pf.add_argument("--grid-cost", required=True, help="grid_cost.parquet from aggregate-metrics (drawn as grid_cost.png)")
     pf.add_argument("--size", required=True, type=_positive_int, help="training size of Fig. 5 and the table (paper: 10000)")
     pf.add_argument("--ablation-size", required=True, type=_positive_int)
     pf.add_argument("--unfreeze-epoch", required=True, type=_non_negative_int)

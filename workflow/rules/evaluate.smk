@@ -34,11 +34,15 @@ rule aggregate_metrics:
     input:
         metrics=[f"{run}/metrics.json" for run in finetune_runs()],
         details=[f"{run}/metrics_details.json" for run in finetune_runs()],
+        tokenizer=result(paths.TOKENIZER_SUMMARY),
+        pretrain=result(f"{paths.PRETRAIN_DIR}/{paths.BACKBONE_CONFIG_FILE}"),
     output:
         csv=report(result("metrics.csv"), caption="../report/metrics.rst", category="Tables"),
         parquet=result("metrics.parquet"),
         comparisons_csv=report(result("comparisons.csv"), caption="../report/comparisons.rst", category="Tables"),
         comparisons_parquet=result("comparisons.parquet"),
+        grid_cost_csv=report(result("grid_cost.csv"), caption="../report/grid_cost.rst", category="Tables"),
+        grid_cost_parquet=result("grid_cost.parquet"),
     params:
         code=CODE["metrics"],
     log:
@@ -48,6 +52,8 @@ rule aggregate_metrics:
     shell:
         "taufm aggregate-metrics --csv {output.csv:q} --parquet {output.parquet:q}"
         " --comparisons-csv {output.comparisons_csv:q} --comparisons-parquet {output.comparisons_parquet:q}"
+        " --grid-cost-csv {output.grid_cost_csv:q} --grid-cost-parquet {output.grid_cost_parquet:q}"
+        " --stage-cost tokenizer={input.tokenizer:q} --stage-cost pretrain={input.pretrain:q}"
         " {input.metrics:q} 2> {log:q}"
 
 
@@ -57,12 +63,14 @@ rule paper_figures:
     input:
         metrics=result("metrics.parquet"),
         comparisons=result("comparisons.parquet"),
+        grid_cost=result("grid_cost.parquet"),
         runs=[f"{run}/metrics_details.json" for run in finetune_runs()],
     output:
         fig4=report(result("figures/fig4_validation_loss.png"), caption="../report/fig4.rst", category="Paper figures"),
         fig5=report(result("figures/fig5_physics.png"), caption="../report/fig5.rst", category="Paper figures"),
         fig7=report(result("figures/fig7_ablations.png"), caption="../report/fig7.rst", category="Paper figures"),
-        pdfs=[result(f"figures/{stem}.pdf") for stem in ("fig4_validation_loss", "fig5_physics", "fig7_ablations")],
+        grid_cost=report(result("figures/grid_cost.png"), caption="../report/grid_cost.rst", category="Compute"),
+        pdfs=[result(f"figures/{stem}.pdf") for stem in ("fig4_validation_loss", "fig5_physics", "fig7_ablations", "grid_cost")],
         table=report(result("figures/summary_table.md"), caption="../report/summary_table.rst", category="Tables"),
         table_csv=result("figures/summary_table.csv"),
     params:
@@ -77,7 +85,7 @@ rule paper_figures:
     conda:
         "../../envs/taufm.yaml"
     shell:
-        "taufm paper-figures --metrics {input.metrics:q} --comparisons {input.comparisons:q} --size {params.size:q}"
+        "taufm paper-figures --metrics {input.metrics:q} --comparisons {input.comparisons:q} --grid-cost {input.grid_cost:q} --size {params.size:q}"
         " --ablation-size {params.ablation_size:q} --unfreeze-epoch {params.unfreeze_epoch:q} --n-blocks {params.n_blocks:q}"
         " --output-dir {params.output_dir:q} {input.runs:q} 2> {log:q}"
 

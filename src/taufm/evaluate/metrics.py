@@ -84,8 +84,12 @@ _KEY_TYPES = {
     "test_sample": pa.string(),
 }
 STATISTICS = ("value", "mean", "std")
+GRID_COST_KEYS = ("stage", "task", "strategy", "size")  # leading columns of grid_cost
 COMPARISON_KEYS = ("task", "size", "test_sample", "metric", "strategy_a", "strategy_b")  # leading columns of compare_strategies
 RUN_COLUMNS = ("n_jets", "best_val_loss", "best_epoch")  # follow the keys in the table, before the metrics
+# What a run cost (its summary.json), after the metrics: repeated on each test sample's row.
+COST_COLUMNS = ("n_parameters", "n_trainable_parameters", "flops_per_jet", "train_flops_estimate", "device_seconds", "jets_per_second", "peak_memory_mb")
+TRAIN_FLOPS_PER_FORWARD = 3  # a training step ~ forward + backward ~ 3 forward passes (estimate)
 
 _NAN = float("nan")
 
@@ -288,7 +292,9 @@ def best_validation_loss(history_csv: str | os.PathLike[str]) -> tuple[float, in
     return float(losses[i]), epochs[i]
 
 
-def _run_info(path: Path) -> dict:
+def _run_info(path: Path) -> tuple[dict, dict]:
+    """(task, strategy, size, seed) and the run's cost (:data:`COST_COLUMNS`, NaN where the
+    summary lacks one, e.g. a run of an older taufm) from its ``summary.json``."""
     try:
         summary = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
@@ -299,9 +305,13 @@ def _run_info(path: Path) -> dict:
     if missing:
         raise TaufmError(f"{path}: missing key(s) {', '.join(missing)}")
     try:
-        return {"task": str(summary["task"]), "strategy": str(summary["strategy"]), "size": int(summary["size"]), "seed": int(summary["seed"])}
+        info = {"task": str(summary["task"]), "strategy": str(summary["strategy"]), "size": int(summary["size"]), "seed": int(summary["seed"])}
     except (TypeError, ValueError) as err:
         raise TaufmError(f"{path}: size and seed must be integers ({err})") from err
+    cost = {name: float(summary[name]) if _is_number(summary.get(name)) else _NAN for name in COST_COLUMNS}
+    if math.isnan(cost["train_flops_estimate"]) and math.isfinite(cost["flops_per_jet"]) and _is_number(summary.get("jets_trained")):
+        cost["train_flops_estimate"] = TRAIN_FLOPS_PER_FORWARD * cost["flops_per_jet"] * float(summary["jets_trained"])
+    return info, cost
 
 
 def _misid_key(efficiency: float) -> str:
@@ -457,7 +467,7 @@ def evaluate_run(
     if isinstance(n_bootstrap, bool) or not isinstance(n_bootstrap, int) or n_bootstrap < 0:
         raise TaufmError(f"the number of bootstrap replicates must be a non-negative integer, got {n_bootstrap!r}")
     run_dir = Path(run_dir)
-    info = _run_info(run_dir / SUMMARY_FILE)
+    info, cost = _run_info(run_dir / SUMMARY_FILE)
     if info["task"] not in TASK_METRICS:
         raise TaufmError(f"{run_dir / SUMMARY_FILE}: unknown task {info['task']!r}; known: {', '.join(TASK_METRICS)}")
     best_loss, best_epoch = best_validation_loss(run_dir / HISTORY_FILE)
@@ -482,7 +492,7 @@ def evaluate_run(
         for name in headline:
             metrics.update(zip(_ci_keys(name), interval(replicates[name]) if math.isfinite(metrics[name]) else (_NAN, _NAN)))
         n_jets = int(np.sum(columns["sample"] == sample))
-        rows.append({**info, "test_sample": sample, "n_jets": n_jets, "best_val_loss": best_loss, "best_epoch": best_epoch, **metrics})
+        rows.append({**info, "test_sample": sample, "n_jets": n_jets, "best_val_loss": best_loss, "best_epoch": best_epoch, **metrics, **cost})
         details["samples"][sample] = {
             "n_jets": n_jets,
             "metrics": metrics,
@@ -660,6 +670,81 @@ def compare_strategies(rows: Sequence[Mapping], details: Sequence[Mapping] | Non
                     row["bootstrap"] = "paired" if len(prints) == 1 and None not in prints else "independent"
                 out.append(row)
     return out
+
+
+def grid_cost(rows: Sequence[Mapping], stage_costs: Mapping[str, Mapping] | None = None) -> list[dict]:
+    """What the study cost, per figure point and in total.
+
+    One row per (task, strategy, size) of the fine-tuning runs in ``rows`` (the per-run rows of
+    :func:`run_metrics`, each run counted once whatever its test samples): ``n_runs`` (seeds),
+    ``device_seconds`` and ``train_flops_estimate`` summed over them, their mean
+    ``jets_per_second`` and ``flops_per_jet``, the largest ``peak_memory_mb``. Then one row per
+    upstream training stage in ``stage_costs`` (name -> its cost: device_seconds,
+    flops_per_jet, jets_trained, jets_per_second, peak_memory_mb; the tokenizer's summary.json,
+    pretraining's model_config.json ``cost``), and a ``total`` row summing device-seconds and
+    FLOPs over everything. ``stage`` says which kind a row is (``finetune``, the stage's name,
+    ``total``). NaN where no run recorded a number.
+    """
+    runs: dict[tuple, Mapping] = {}
+    for r in rows:
+        if r.get("statistic", "value") != "value" or r.get("seed") is None:
+            continue
+        runs.setdefault((r["task"], r["strategy"], r["size"], r["seed"]), r)
+    points: dict[tuple, list[Mapping]] = {}
+    for (task, strategy, size, _seed), r in runs.items():
+        points.setdefault((task, strategy, size), []).append(r)
+
+    def number(r: Mapping, name: str) -> float:
+        value = r.get(name)
+        return float(value) if _is_number(value) else _NAN
+
+    def summed(values: list[float]) -> float:
+        finite = [v for v in values if math.isfinite(v)]
+        return float(sum(finite)) if finite else _NAN
+
+    def mean(values: list[float]) -> float:
+        return _mean_std(values)[0]
+
+    out: list[dict] = []
+    for (task, strategy, size), point in points.items():
+        out.append(
+            {
+                "stage": "finetune", "task": task, "strategy": strategy, "size": size, "n_runs": len(point),
+                "device_seconds": summed([number(r, "device_seconds") for r in point]),
+                "train_flops_estimate": summed([number(r, "train_flops_estimate") for r in point]),
+                "jets_per_second": mean([number(r, "jets_per_second") for r in point]),
+                "flops_per_jet": mean([number(r, "flops_per_jet") for r in point]),
+                "peak_memory_mb": max((v for v in (number(r, "peak_memory_mb") for r in point) if math.isfinite(v)), default=_NAN),
+            }
+        )
+    for name, cost in (stage_costs or {}).items():
+        flops = number(cost, "flops_per_jet")
+        jets = number(cost, "jets_trained")
+        out.append(
+            {
+                "stage": name, "task": None, "strategy": None, "size": None, "n_runs": 1,
+                "device_seconds": number(cost, "device_seconds"),
+                "train_flops_estimate": TRAIN_FLOPS_PER_FORWARD * flops * jets,
+                "jets_per_second": number(cost, "jets_per_second"),
+                "flops_per_jet": flops,
+                "peak_memory_mb": number(cost, "peak_memory_mb"),
+            }
+        )
+    out.append(
+        {
+            "stage": "total", "task": None, "strategy": None, "size": None, "n_runs": sum(r["n_runs"] for r in out),
+            "device_seconds": summed([r["device_seconds"] for r in out]),
+            "train_flops_estimate": summed([r["train_flops_estimate"] for r in out]),
+            "jets_per_second": _NAN, "flops_per_jet": _NAN,
+            "peak_memory_mb": max((r["peak_memory_mb"] for r in out if math.isfinite(r["peak_memory_mb"])), default=_NAN),
+        }
+    )
+    return out
+
+
+def write_grid_cost(rows: Sequence[Mapping], csv_path: str | os.PathLike[str], parquet_path: str | os.PathLike[str]) -> None:
+    """The rows of :func:`grid_cost` as a table (CSV and Parquet), :data:`GRID_COST_KEYS` first."""
+    _write(_table(rows, GRID_COST_KEYS), csv_path, parquet_path)
 
 
 def _seed_standard_error(values_a: Sequence[float], values_b: Sequence[float]) -> float:

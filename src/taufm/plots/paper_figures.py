@@ -809,6 +809,59 @@ def _draw_ablation(ax: Axes, panel: Mapping, *, title: str, xlabel: str) -> None
     ax.legend(loc="upper left", fontsize="x-small", title="task (its minimum loss)", title_fontsize="x-small")
 
 
+# --- grid cost ---------------------------------------------------------------------------------
+
+
+def fig_grid_cost(rows: Iterable[Mapping], output_stem: str | os.PathLike[str]) -> dict:
+    """What the grid cost: device-seconds per figure point (summed over its seeds) vs training
+    size, one panel per task, one line per strategy of :data:`BASE_STRATEGIES`; the title gives
+    the total with the tokenizer's and pretraining's share. Draws the rows of
+    :func:`taufm.evaluate.metrics.grid_cost` as they are. Returns what it drew."""
+    what = "grid cost figure"
+    rows = rows if isinstance(rows, (Mapping, str, bytes)) else list(rows)
+    if isinstance(rows, (Mapping, str, bytes)):
+        raise TaufmError(f"{what}: the grid-cost table must be a sequence of rows, got {type(rows).__name__}")
+    for i, row in enumerate(rows):
+        if not isinstance(row, Mapping) or "stage" not in row or "device_seconds" not in row:
+            raise TaufmError(f"{what}: row {i} is not a grid-cost row (needs stage and device_seconds)")
+    curves: dict[str, dict[str, dict[str, list]]] = {task: {} for task in TASKS}
+    for row in rows:
+        if row["stage"] != "finetune" or row.get("task") not in TASKS or row.get("strategy") not in BASE_STRATEGIES:
+            continue
+        seconds = _finite_or_none(row["device_seconds"])
+        if seconds is None:
+            continue
+        curve = curves[row["task"]].setdefault(row["strategy"], {"size": [], "device_seconds": []})
+        curve["size"].append(int(row["size"]))
+        curve["device_seconds"].append(seconds)
+    for by_strategy in curves.values():
+        for curve in by_strategy.values():
+            order = np.argsort(curve["size"])
+            curve["size"] = [curve["size"][i] for i in order]
+            curve["device_seconds"] = [curve["device_seconds"][i] for i in order]
+    totals = {str(row["stage"]): _finite_or_none(row["device_seconds"]) for row in rows if row["stage"] != "finetune"}
+    with taufm_style():
+        fig, axes = new_figure(1, len(TASKS))
+        for ax, task in zip(axes[0], TASKS, strict=True):
+            if not curves[task]:
+                no_data_panel(ax, TASK_TITLES[task], "no runs of this task")
+                continue
+            for strategy in BASE_STRATEGIES:
+                if strategy in curves[task]:
+                    curve = curves[task][strategy]
+                    ax.plot(curve["size"], curve["device_seconds"], color=STRATEGY_COLORS[strategy], marker="o", label=STRATEGY_LABELS[strategy])
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            ax.set(title=TASK_TITLES[task], xlabel="Training jets", ylabel="Device-seconds per figure point (all seeds)")
+        _figure_legend(fig, axes)
+        parts = [f"{name} {_number(value, '.3g')} s" for name, value in totals.items() if name != "total"]
+        fig.suptitle(f"Compute: {_number(totals.get('total'), '.3g')} device-seconds in all" + (f" ({', '.join(parts)})" if parts else ""))
+        save_figure(fig, output_stem)
+    summary = {"tasks": curves, "stages": totals}
+    log.info("grid cost: %s", summary)
+    return summary
+
+
 # --- headline table ----------------------------------------------------------------------------
 
 

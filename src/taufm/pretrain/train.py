@@ -10,6 +10,7 @@ optimiser, scheduler, RNG states and position; the same command restarts from th
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import logging
@@ -22,6 +23,7 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from torch import nn
 
 from taufm import paths
 from taufm.config import reject_unknown_keys, settings_from_mapping
@@ -30,12 +32,15 @@ from taufm.io import atomic_output
 from taufm.models.gpt import GPTBackbone, GPTConfig, NextTokenHead, next_token_loss_from_embeddings
 from taufm.pretrain.data import TokenBatches, token_vocabulary
 from taufm.train.runtime import (
+    ComputeMeter,
     History,
     adamw,
     autocast,
     cpu_copy,
+    forward_flops_per_jet,
     load_checkpoint,
     load_state_strict,
+    parameter_counts,
     resumable_state,
     rng_state,
     run_identity,
@@ -144,6 +149,25 @@ def backbone_payload(backbone: GPTBackbone, head: NextTokenHead, vocabulary: Map
     }
 
 
+class _BackboneWithHead(nn.Module):
+    """Backbone and next-token head as one module, for counting a pretraining forward pass."""
+
+    def __init__(self, backbone: nn.Module, head: nn.Module) -> None:
+        super().__init__()
+        self.backbone, self.head = backbone, head
+
+    def forward(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(tokens, mask))
+
+
+def pretraining_flops_per_jet(backbone: nn.Module, head: nn.Module, batches: TokenBatches) -> float:
+    """Forward FLOPs per jet of backbone + head (logits at every position) on the first 32 jets
+    of ``batches``' first batch, counted on copies (the models' states stay untouched)."""
+    tokens, mask = next(iter(batches.epoch(0)))
+    module = _BackboneWithHead(copy.deepcopy(backbone), copy.deepcopy(head)).cpu()
+    return forward_flops_per_jet(module, tokens[:32].cpu(), mask[:32].cpu())
+
+
 def backbone_config(path: str | Path, payload: Mapping | None = None) -> GPTConfig:
     """The architecture of the backbone checkpoint at ``path``; a file that is another stage's
     checkpoint (a tokenizer, a fine-tuned model) is a :class:`TaufmError` naming it."""
@@ -229,6 +253,7 @@ def pretrain(shards: Sequence[str | Path], output_dir: str | Path, settings: Pre
 
     if ddp.main:
         log.info("pretraining: %d jets, %d steps per epoch, vocabulary %d, %d processes on %s", train.n_rows, steps_per_epoch, config.vocab_size, ddp.world_size, device)
+    meter = ComputeMeter(device, ddp.world_size)
     for epoch in range(position["epoch"], settings.epochs):
         started, tokens_seen = time.perf_counter(), 0
         train_backbone.train()
@@ -249,6 +274,7 @@ def pretrain(shards: Sequence[str | Path], output_dir: str | Path, settings: Pre
             scheduler.step()
             epoch_sums += _all_sum(torch.stack([loss_sum.detach().double(), count.detach().double()]), ddp).cpu()
             tokens_seen += int(mask.sum())
+            meter.add_jets(len(tokens))
             position.update(step_in_epoch=step + 1, global_step=position["global_step"] + 1)
             if position["global_step"] % settings.checkpoint_every == 0:
                 checkpoint()
@@ -286,8 +312,11 @@ def pretrain(shards: Sequence[str | Path], output_dir: str | Path, settings: Pre
             best_payload = backbone_payload(backbone, head, vocabulary, {"validation": dict(best)})
         save_checkpoint(output_dir / BEST_BACKBONE_FILE, best_payload)
         save_checkpoint(output_dir / BACKBONE_FILE, backbone_payload(backbone, head, vocabulary, {"summary": summary}))
+        # The cost goes to model_config.json only: the checkpoints hold no timings, so that two
+        # runs with one seed write byte-identical backbones.
+        cost = {**parameter_counts(backbone), "flops_per_jet": pretraining_flops_per_jet(backbone, head, val if val.n_rows else train), **meter.summary()}
         with atomic_output(output_dir / MODEL_CONFIG_FILE) as tmp:
-            tmp.write_text(json.dumps({"model": config.to_dict(), "settings": settings.to_dict(), **summary}, indent=2, sort_keys=True, default=str) + "\n")
+            tmp.write_text(json.dumps({"model": config.to_dict(), "settings": settings.to_dict(), **summary, "cost": cost}, indent=2, sort_keys=True, default=str) + "\n")
     if ddp.world_size > 1:
         dist.barrier()
     return summary

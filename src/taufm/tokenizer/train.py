@@ -7,6 +7,7 @@ restarted with the same command ends with the same weights as an uninterrupted o
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import logging
@@ -28,12 +29,15 @@ from taufm.io import atomic_output
 from taufm.models.vqvae import VQVAE, VQVAEConfig, reconstruction_losses
 from taufm.tokenizer.preprocessing import Preprocessing
 from taufm.train.runtime import (
+    ComputeMeter,
     History,
     adamw,
     autocast,
     cpu_copy,
+    forward_flops_per_jet,
     load_checkpoint,
     load_state_strict,
+    parameter_counts,
     resumable_state,
     rng_state,
     run_identity,
@@ -187,6 +191,7 @@ def train_tokenizer(shards: Sequence[str | Path], output_dir: str | Path, settin
         log.info("resuming from %s after epoch %d", last, start_epoch - 1)
 
     log.info("tokenizer: %d training jets, %d validation jets, %d steps per epoch on %s", n_jets, len(val["mask"]), steps_per_epoch, device)
+    meter = ComputeMeter(device)
     for epoch in range(start_epoch, settings.epochs):
         started = time.perf_counter()
         model.train()
@@ -209,6 +214,7 @@ def train_tokenizer(shards: Sequence[str | Path], output_dir: str | Path, settin
                 sums[k] += float(losses[k].detach())
             sums["vq"] += float(out["vq_loss"].detach())
             replaced += int(out["replaced"])
+            meter.add_jets(len(index))
         n_steps = math.ceil(n_jets / settings.batch_size)
         metrics = evaluate(model, val, settings.batch_size, device)
         row = {
@@ -255,6 +261,10 @@ def train_tokenizer(shards: Sequence[str | Path], output_dir: str | Path, settin
         "validation_jets": int(len(val["mask"])),
         "device": str(device),
         "settings": settings.to_dict(),
+        **parameter_counts(model),
+        # On a copy: a forward pass of the tokenizer itself could touch its codebook statistics.
+        "flops_per_jet": forward_flops_per_jet(copy.deepcopy(model), val["inputs"][:32], val["mask"][:32]),
+        **meter.summary(),
     }
     with atomic_output(output_dir / SUMMARY_FILE) as tmp:
         tmp.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")

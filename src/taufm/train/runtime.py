@@ -17,6 +17,9 @@ import io
 import logging
 import math
 import random
+import resource
+import sys
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -231,6 +234,44 @@ def forward_flops_per_jet(model: torch.nn.Module, *example_inputs: torch.Tensor)
         for module, training in modes.items():
             module.training = training
     return counter.get_total_flops() / example_inputs[0].shape[0]
+
+
+class ComputeMeter:
+    """What a training run costs: device-seconds, jets per second and peak memory.
+
+    Start it where the training loop starts; :meth:`add_jets` after each step (the jets of the
+    step, on this process); :meth:`summary` at the end. ``devices`` is how many devices run the
+    job together (the data-parallel world size): device-seconds are wall seconds times that.
+    Peak memory is the CUDA allocator's peak on a GPU, else the process's peak resident memory
+    (which also holds the data the job loaded).
+    """
+
+    def __init__(self, device: torch.device | str, devices: int = 1) -> None:
+        self.device = torch.device(device)
+        self.devices = devices
+        self.jets = 0
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        self.started = time.perf_counter()
+
+    def add_jets(self, n: int) -> None:
+        self.jets += int(n)
+
+    def summary(self) -> dict:
+        seconds = time.perf_counter() - self.started
+        if self.device.type == "cuda":
+            peak, kind = torch.cuda.max_memory_allocated(self.device) / 2**20, "cuda_allocated"
+        else:
+            rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+            peak, kind = rss / (2**20 if sys.platform == "darwin" else 2**10), "cpu_max_rss"
+        return {
+            "device_seconds": seconds * self.devices,
+            "wall_seconds": seconds,
+            "jets_trained": self.jets * self.devices,
+            "jets_per_second": self.jets * self.devices / seconds if seconds > 0 else math.nan,
+            "peak_memory_mb": peak,
+            "peak_memory_kind": kind,
+        }
 
 
 class History:
