@@ -98,3 +98,18 @@ def nested_subset(n_available: int, size: int, seed: int) -> np.ndarray:
     if size > n_available:
         raise TaufmError(f"training size {size} is larger than the {n_available} jets available")
     return np.random.default_rng(seed).permutation(n_available)[:size].astype(np.int64)
+
+
+def validation_subset(n_available: int, n_jets: int | None, seed: int) -> np.ndarray | None:
+    """Sorted indices of ``n_jets`` of ``n_available`` validation jets, drawn with ``seed``; None
+    when ``n_jets`` is None or covers them all (the whole validation set is the subset).
+
+    Sorted, so the subset keeps the file order of the validation set. The same for every cell of
+    a task (the seed is a setting, not the cell's), so all cells choose their epoch on the same
+    jets.
+    """
+    if n_jets is None or n_jets >= n_available:
+        return None
+    if n_jets < 1:
+        raise TaufmError(f"finetune.val_subset_jets must be at least 1, got {n_jets}")
+    return np.sort(np.random.default_rng(seed).permutation(n_available)[:n_jets]).astype(np.int64)

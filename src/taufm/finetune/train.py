@@ -7,8 +7,28 @@ its pairwise interaction features, on the candidate features; no tokenizer or ba
 Ablations are strategies too: ``finetune-unfreeze<K>`` unfreezes after K epochs and
 ``finetune-blocks<B>`` uses only the first B pretrained blocks. Frozen means
 ``requires_grad=False`` and eval-mode dropout, never a zero learning rate. The tokenizer is frozen
-in every strategy: the backbone reads the token shards. Every run's summary also states the
-model's cost: parameters (all, and trainable at the end) and the FLOPs of one forward pass per jet.
+in every strategy: the backbone reads the token shards.
+
+What a cell costs is kept small without changing what it computes:
+
+- While the backbone is frozen its outputs for the cell's training jets and validation subset
+  are computed once and the head trains on them (``finetune.cache_frozen_backbone``, within
+  ``finetune.cache_max_mb``; :mod:`taufm.finetune.frozen`). Equal to running the backbone every
+  epoch up to float rounding.
+- Each epoch validates on a fixed, seeded subset of the validation jets
+  (``finetune.val_subset_jets``, ``finetune.val_subset_seed``); the epoch of the lowest subset
+  loss is kept, and that model is then evaluated once on the whole validation set (at most
+  ``finetune.max_val_jets`` jets). ``history.csv``'s ``val_loss`` (and ``val_<metric>``) is the
+  subset's, per epoch; its ``val_loss_full`` (on the kept epoch's row only) and the summary's
+  ``best_val_loss`` are the whole set's loss of the kept model; the summary's
+  ``best_val_loss_subset`` is the subset's.
+- Several cells of one task run in one process (:func:`run_finetune_pack`): shards and backbone
+  are read once, and each cell's run directory is bitwise what it would be alone.
+
+Every run's summary also states the model's cost: parameters (all, and trainable at the end),
+the FLOPs of one forward pass per jet (and of its backbone and head parts), what training cost
+in this process (:class:`taufm.train.runtime.ComputeMeter`: device-seconds, jets trained, jets
+per second, peak memory) and an estimate of the FLOPs it ran (:func:`flop_estimates`).
 """
 
 from __future__ import annotations
@@ -19,7 +39,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,18 +49,20 @@ from torch import nn
 
 from taufm.config import config_hash, reject_unknown_keys, settings_from_mapping
 from taufm.errors import TaufmError
-from taufm.finetune.data import load_task_data, nested_subset
+from taufm.finetune.data import load_task_data, nested_subset, validation_subset
+from taufm.finetune.frozen import MEGABYTE, CacheBudget, frozen_backbone_outputs
 from taufm.finetune.strategies import Strategy, parse_strategy
-from taufm.finetune.tasks import TASK_NAMES, epoch_metrics, n_outputs, predict, task_settings
+from taufm.finetune.tasks import TASK_NAMES, TaskSettings, epoch_metrics, n_outputs, predict, task_settings
 from taufm.finetune.tasks import loss as task_loss
 from taufm.ingest.shards import CANDIDATE_COLUMNS, MASK_COLUMN, ShardWriter
 from taufm.io import atomic_output
-from taufm.models.gpt import GPTBackbone
+from taufm.models.gpt import GPTBackbone, GPTConfig
 from taufm.models.heads import HeadConfig, TaskHead
 from taufm.models.part import PART_PREPROCESSING, ParTConfig, ParticleTransformer
 from taufm.pretrain.data import token_vocabulary
-from taufm.pretrain.train import backbone_config, load_backbone
+from taufm.pretrain.train import backbone_config
 from taufm.train.runtime import (
+    ComputeMeter,
     History,
     adamw,
     autocast,
@@ -63,6 +85,9 @@ log = logging.getLogger(__name__)
 
 LAST_CHECKPOINT = "checkpoint_last.pt"  # beside the run's outputs, not one of them
 FLOP_COUNT_JETS = 32  # validation jets whose forward pass flops_per_jet is counted on
+# Settings of the workflow, not of a cell: left out of a cell's resolved settings and identity,
+# so a packed cell's run directory is the same as the cell's run alone.
+WORKFLOW_ONLY_SETTINGS = ("pack",)
 
 _FEATURE_COLUMNS = tuple(c for c in CANDIDATE_COLUMNS if c not in ("cand_d0", "cand_d0err", "cand_dz", "cand_dzerr"))
 
@@ -80,7 +105,12 @@ class FinetuneSettings:
     weight_decay: float = 0.01
     gradient_clip: float = 1.0
     early_stopping_patience: int | None = None
-    max_val_jets: int | None = None
+    max_val_jets: int | None = None  # caps the whole validation set (its first jets)
+    val_subset_jets: int | None = 50000  # validation jets each epoch is judged on (None: all)
+    val_subset_seed: int = 0
+    cache_frozen_backbone: bool = True
+    cache_max_mb: float = 2048
+    pack: Mapping = field(default_factory=dict)  # the workflow's packing of cells into jobs
     device: str = "auto"
 
     @classmethod
@@ -91,7 +121,19 @@ class FinetuneSettings:
         return settings
 
     def to_dict(self) -> dict:
-        return {**dataclasses.asdict(self), "head": dict(self.head), "part": dict(self.part), "tasks": {k: dict(v) for k, v in self.tasks.items()}}
+        """The settings a cell runs with (the workflow's packing left out), as plain JSON."""
+        values = {**dataclasses.asdict(self), "head": dict(self.head), "part": dict(self.part), "tasks": {k: dict(v) for k, v in self.tasks.items()}}
+        return {k: v for k, v in values.items() if k not in WORKFLOW_ONLY_SETTINGS}
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One cell of the grid to train: its strategy, training size, seed and run directory."""
+
+    strategy: str
+    size: int
+    seed: int
+    output_dir: Path
 
 
 class FoundationModel(nn.Module):
@@ -105,6 +147,19 @@ class FoundationModel(nn.Module):
 
     def forward(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone(tokens, mask, n_blocks=self.n_blocks), mask)
+
+
+class TruncatedBackbone(nn.Module):
+    """The backbone part of a :class:`FoundationModel` (its first ``n_blocks`` blocks) as a
+    module of its own: what the frozen-backbone cache computes and whose FLOPs are counted."""
+
+    def __init__(self, model: FoundationModel) -> None:
+        super().__init__()
+        self.backbone = model.backbone
+        self.n_blocks = model.n_blocks
+
+    def forward(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.backbone(tokens, mask, n_blocks=self.n_blocks)
 
 
 def backbone_trainable(strategy: Strategy, epoch: int) -> bool:
@@ -140,40 +195,76 @@ def model_inputs(strategy: Strategy, data: Mapping[str, np.ndarray]) -> tuple[np
     return prepared["inputs"], prepared["mask"]
 
 
-def evaluate_outputs(model: nn.Module, x: np.ndarray, mask: np.ndarray, batch_size: int, device: torch.device) -> np.ndarray:
+def _on_device(x: np.ndarray | torch.Tensor, device: torch.device) -> torch.Tensor:
+    return x.to(device) if isinstance(x, torch.Tensor) else torch.from_numpy(x).to(device)
+
+
+def evaluate_outputs(
+    model: nn.Module, x: np.ndarray | torch.Tensor, mask: np.ndarray, batch_size: int, device: torch.device, embedded: bool = False
+) -> np.ndarray:
+    """The model's outputs for every jet, in eval mode, in batches. ``embedded``: ``x`` holds the
+    frozen backbone's outputs (:mod:`taufm.finetune.frozen`) and only ``model.head`` runs."""
     model.eval()
+    forward = model.head if embedded else model
     out = []
     with torch.no_grad():
         for start in range(0, len(x), batch_size):
-            xb = torch.from_numpy(x[start : start + batch_size]).to(device)
+            xb = _on_device(x[start : start + batch_size], device)
             mb = torch.from_numpy(mask[start : start + batch_size]).to(device)
             with autocast(device):
-                out.append(model(xb, mb).float().cpu())
+                out.append(forward(xb, mb).float().cpu())
     return torch.cat(out).numpy() if out else np.zeros((0, 1), dtype=np.float32)
 
 
-def build_model(task: str, strategy: Strategy, settings: FinetuneSettings, backbone_path: Path | None, seed: int) -> nn.Module:
+@dataclass(frozen=True)
+class BackboneCheckpoint:
+    """A backbone checkpoint read once (a pack of cells builds every model from it)."""
+
+    path: Path
+    payload: Mapping
+    config: GPTConfig
+    sha256: str
+
+    @classmethod
+    def read(cls, path: str | Path) -> BackboneCheckpoint:
+        path = Path(path)
+        payload = load_checkpoint(path)
+        return cls(path=path, payload=payload, config=backbone_config(path, payload), sha256=_file_digest(path))
+
+    def backbone(self, pretrained: bool) -> GPTBackbone:
+        """The architecture with fresh weights, and the pretrained ones loaded strictly if asked."""
+        backbone = GPTBackbone(self.config)
+        if pretrained:
+            if "backbone" not in self.payload:
+                raise TaufmError(f"{self.path}: not a pretrained backbone checkpoint (no backbone weights)")
+            load_state_strict(backbone, self.payload["backbone"], self.path)
+        return backbone
+
+
+def _check_blocks(strategy: Strategy, checkpoint: BackboneCheckpoint) -> None:
+    if strategy.n_blocks is not None and strategy.n_blocks > checkpoint.config.n_blocks:
+        raise TaufmError(f"strategy {strategy.name!r} asks for {strategy.n_blocks} blocks; {checkpoint.path} has {checkpoint.config.n_blocks}")
+
+
+def build_model(task: str, strategy: Strategy, settings: FinetuneSettings, backbone: str | Path | BackboneCheckpoint | None, seed: int) -> nn.Module:
     """The network of one strategy; pretrained weights loaded strictly where the strategy wants them."""
     seed_everything(seed)
     if not strategy.uses_backbone:
         return ParticleTransformer(ParTConfig.from_dict(dict(settings.part)), n_outputs(task))
-    if backbone_path is None:
+    if backbone is None:
         raise TaufmError(f"strategy {strategy.name!r} needs a pretrained backbone checkpoint")
-    if strategy.pretrained:
-        backbone = load_backbone(backbone_path)
-    else:  # the same architecture, fresh weights
-        backbone = GPTBackbone(backbone_config(backbone_path))
-    if strategy.n_blocks is not None and strategy.n_blocks > backbone.config.n_blocks:
-        raise TaufmError(f"strategy {strategy.name!r} asks for {strategy.n_blocks} blocks; {backbone_path} has {backbone.config.n_blocks}")
-    head = TaskHead(backbone.config.dim, n_outputs(task), HeadConfig(**settings.head))
-    return FoundationModel(backbone, head, strategy.n_blocks)
+    checkpoint = backbone if isinstance(backbone, BackboneCheckpoint) else BackboneCheckpoint.read(backbone)
+    encoder = checkpoint.backbone(pretrained=strategy.pretrained)  # scratch: the same architecture, fresh weights
+    _check_blocks(strategy, checkpoint)
+    head = TaskHead(encoder.config.dim, n_outputs(task), HeadConfig(**settings.head))
+    return FoundationModel(encoder, head, strategy.n_blocks)
 
 
-def check_backbone_fits_tokens(backbone_path: Path, shards: Sequence[str | Path], pretrained: bool) -> None:
+def check_backbone_fits_tokens(backbone_path: Path, shards: Sequence[str | Path], pretrained: bool, payload: Mapping | None = None) -> None:
     """The backbone must embed the token shards' vocabulary; pretrained weights must also come
     from tokens of the very tokenizer that made the shards (same size is not enough: another
-    tokenizer's code 7 is another particle)."""
-    payload = load_checkpoint(backbone_path)
+    tokenizer's code 7 is another particle). ``payload``: the checkpoint, if already read."""
+    payload = load_checkpoint(backbone_path) if payload is None else payload
     backbone_config(backbone_path, payload)  # another stage's checkpoint is named as such
     config = payload["config"]
     vocabulary = token_vocabulary(shards)
@@ -185,6 +276,73 @@ def check_backbone_fits_tokens(backbone_path: Path, shards: Sequence[str | Path]
             f"{backbone_path}: pretrained on tokens of tokenizer {str(config.get('tokenizer_sha256'))[:12]}…, but the token shards "
             f"({shards[0]}, ...) were made by tokenizer {str(vocabulary['tokenizer_sha256'])[:12]}…: pretrain again or retokenize"
         )
+
+
+@dataclass(frozen=True)
+class TaskJets:
+    """What the cells of one task read, once per process: every selected training jet (each cell
+    draws its nested subset), the validation jets (capped at ``max_val_jets``) with their model
+    inputs and the seeded subset that judges each epoch, and each test sample."""
+
+    train: Mapping[str, np.ndarray]
+    val: Mapping[str, np.ndarray]
+    val_inputs: tuple[np.ndarray, np.ndarray]
+    val_subset: np.ndarray | None  # indices into val; None: the whole validation set
+    tests: Mapping[str, Mapping[str, np.ndarray]]
+    inputs: tuple[Path, ...]  # the files the cells' identity hashes (shards, backbone)
+    inputs_identity: Mapping[str, str]  # run_identity's hashes of those inputs and the code
+
+
+def load_task_jets(task: str, spec: TaskSettings, shards: Mapping[str, Sequence[str | Path]], strategy: Strategy, settings: FinetuneSettings, backbone_path: Path | None) -> TaskJets:
+    extra = ("tokens", "token_mask") if strategy.uses_backbone else (*CANDIDATE_COLUMNS, MASK_COLUMN)
+    train = load_task_data(task, spec, shards, spec.train_samples, "train", extra)
+    val = load_task_data(task, spec, shards, spec.train_samples, "val", extra)
+    if settings.max_val_jets is not None:
+        val = {k: v[: settings.max_val_jets] for k, v in val.items()}
+    if len(val["target"]) == 0:
+        raise TaufmError(f"{task}: no validation jets in the val split of {', '.join(spec.train_samples)}")
+    tests = {sample: load_task_data(task, spec, shards, [sample], "test", extra) for sample in spec.test_samples}
+    inputs = [Path(s) for files in shards.values() for s in files]
+    if strategy.uses_backbone and backbone_path is not None:
+        inputs.append(backbone_path)
+    return TaskJets(
+        train=train,
+        val=val,
+        val_inputs=model_inputs(strategy, val),
+        val_subset=validation_subset(len(val["target"]), settings.val_subset_jets, settings.val_subset_seed),
+        tests=tests,
+        inputs=tuple(inputs),
+        inputs_identity=run_identity("finetune", {}, inputs),
+    )
+
+
+@dataclass
+class PassCounts:
+    """Jets through each kind of pass in this process, for :func:`flop_estimates`."""
+
+    trained: int = 0  # forward + backward through a trainable model
+    trained_frozen: int = 0  # a frozen backbone's forward, the head's forward + backward
+    trained_cached: int = 0  # the head's forward + backward on cached backbone outputs
+    cached: int = 0  # backbone forwards that filled the cache (training jets)
+    validated: int = 0  # full forward passes of validation (per-epoch subset and the final whole set)
+    validated_cached: int = 0  # the head's forward on cached validation outputs
+    cached_val: int = 0  # backbone forwards that filled the cache (validation jets)
+
+
+def flop_estimates(counts: PassCounts, flops_per_jet: float, backbone_flops_per_jet: float) -> dict[str, float]:
+    """Estimated FLOPs this process ran, from the counted forward FLOPs per jet of the model and
+    of its backbone part (the head's is the difference).
+
+    A trainable pass costs 3x its forward (backward ≈ 2x forward); a frozen backbone only its
+    forward (1x), the head then 3x; a pass on cached backbone outputs only the head's 3x, the
+    cache itself one backbone forward per cached jet. ``train_flops_estimate`` counts training
+    steps and the training jets' cache; ``validation_flops_estimate`` the forward passes of
+    validation (per-epoch subset, the final whole set, the validation jets' cache).
+    """
+    head = flops_per_jet - backbone_flops_per_jet
+    train = 3 * flops_per_jet * counts.trained + (backbone_flops_per_jet + 3 * head) * counts.trained_frozen + 3 * head * counts.trained_cached + backbone_flops_per_jet * counts.cached
+    validation = flops_per_jet * counts.validated + head * counts.validated_cached + backbone_flops_per_jet * counts.cached_val
+    return {"train_flops_estimate": float(train), "validation_flops_estimate": float(validation)}
 
 
 def run_finetune(
@@ -202,32 +360,87 @@ def run_finetune(
     ``shards`` maps each sample to its token shards (backbone strategies) or its ingested shards
     (``part``). Names, sizes and the checkpoint are all checked before training starts.
     """
+    (summary,) = run_finetune_pack(task, [Cell(strategy_name, size, seed, Path(output_dir))], shards, settings, backbone_path)
+    return summary
+
+
+def run_finetune_pack(
+    task: str,
+    cells: Sequence[Cell],
+    shards: Mapping[str, Sequence[str | Path]],
+    settings: FinetuneSettings | None = None,
+    backbone_path: str | Path | None = None,
+    on_cell_done: Callable[[Cell, dict], None] | None = None,
+) -> list[dict]:
+    """Train several cells of one task, one after another in this process, reading the shards
+    and the backbone once; each cell's run directory is what :func:`run_finetune` alone writes.
+
+    The cells must all use the backbone (and ``shards`` are token shards) or all be ``part``
+    (ingested shards). Every cell is checked (strategy, size, blocks, backbone) before any
+    trains. ``on_cell_done(cell, summary)`` runs after each cell. Returns the summaries.
+    """
     settings = settings or FinetuneSettings()
     if task not in TASK_NAMES:
         raise TaufmError(f"unknown task {task!r}; known: {', '.join(TASK_NAMES)}")
-    strategy = parse_strategy(strategy_name, settings.unfreeze_epoch)
+    if not cells:
+        raise TaufmError(f"{task}: no cells to train")
+    strategies = [parse_strategy(cell.strategy, settings.unfreeze_epoch) for cell in cells]
+    if len({s.uses_backbone for s in strategies}) > 1:
+        raise TaufmError(f"{task}: a pack holds backbone strategies or part cells, not both ({', '.join(s.name for s in strategies)})")
+    directories = [Path(cell.output_dir).resolve() for cell in cells]
+    if len(set(directories)) < len(directories):
+        raise TaufmError(f"{task}: two cells of the pack write the same run directory")
     spec = task_settings(task, settings.tasks.get(task))
-    output_dir = Path(output_dir)
     backbone_path = Path(backbone_path) if backbone_path is not None else None
     device = select_device(settings.device)
-    extra = ("tokens", "token_mask") if strategy.uses_backbone else (*CANDIDATE_COLUMNS, MASK_COLUMN)
-    if strategy.uses_backbone and backbone_path is not None:
-        check_backbone_fits_tokens(backbone_path, [s for files in shards.values() for s in files], strategy.pretrained)
+    checkpoint = None
+    if strategies[0].uses_backbone:
+        if backbone_path is None:
+            raise TaufmError(f"strategy {strategies[0].name!r} needs a pretrained backbone checkpoint")
+        checkpoint = BackboneCheckpoint.read(backbone_path)
+        token_shards = [s for files in shards.values() for s in files]
+        for pretrained in sorted({s.pretrained for s in strategies}):
+            check_backbone_fits_tokens(backbone_path, token_shards, pretrained, checkpoint.payload)
+        for strategy in strategies:
+            _check_blocks(strategy, checkpoint)
+    jets = load_task_jets(task, spec, shards, strategies[0], settings, backbone_path)
+    for cell in cells:
+        nested_subset(len(jets.train["target"]), cell.size, cell.seed)  # every size fits, before any cell trains
+    summaries = []
+    for cell, strategy in zip(cells, strategies):
+        summary = _train_cell(task, strategy, cell.size, cell.seed, Path(cell.output_dir), settings, spec, jets, checkpoint, shards, device)
+        summaries.append(summary)
+        if on_cell_done is not None:
+            on_cell_done(cell, summary)
+    return summaries
 
-    train_all = load_task_data(task, spec, shards, spec.train_samples, "train", extra)
-    subset = nested_subset(len(train_all["target"]), size, seed)
-    train = {k: v[subset] for k, v in train_all.items()}
-    val = load_task_data(task, spec, shards, spec.train_samples, "val", extra)
-    if settings.max_val_jets is not None:
-        val = {k: v[: settings.max_val_jets] for k, v in val.items()}
-    if len(val["target"]) == 0:
-        raise TaufmError(f"{task}: no validation jets in the val split of {', '.join(spec.train_samples)}")
-    tests = {sample: load_task_data(task, spec, shards, [sample], "test", extra) for sample in spec.test_samples}
-    model = build_model(task, strategy, settings, backbone_path, seed).to(device)
+
+def _train_cell(
+    task: str,
+    strategy: Strategy,
+    size: int,
+    seed: int,
+    output_dir: Path,
+    settings: FinetuneSettings,
+    spec: TaskSettings,
+    jets: TaskJets,
+    checkpoint: BackboneCheckpoint | None,
+    shards: Mapping[str, Sequence[str | Path]],
+    device: torch.device,
+) -> dict:
+    subset = nested_subset(len(jets.train["target"]), size, seed)
+    train = {k: v[subset] for k, v in jets.train.items()}
+    model = build_model(task, strategy, settings, checkpoint, seed).to(device)
 
     x_train, m_train = model_inputs(strategy, train)
-    x_val, m_val = model_inputs(strategy, val)
-    y_train, y_val = torch.from_numpy(train["target"]), torch.from_numpy(val["target"])
+    x_val, m_val = jets.val_inputs
+    y_train, y_val = torch.from_numpy(train["target"]), torch.from_numpy(jets.val["target"])
+    # Each epoch is judged on the validation subset; the kept model once on the whole set.
+    pick = jets.val_subset if jets.val_subset is not None else slice(None)
+    x_sub, m_sub, y_sub = x_val[pick], m_val[pick], y_val[pick]
+    val_sub = {k: v[pick] for k, v in jets.val.items()}
+    use_cache = settings.cache_frozen_backbone and strategy.uses_backbone
+
     optimizer = adamw([model], settings.learning_rate, settings.weight_decay)
     total = math.ceil(size / settings.batch_size) * settings.epochs
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, total, 0, settings.min_learning_rate_ratio))
@@ -237,8 +450,7 @@ def run_finetune(
     # A killed cell resumes from its last epoch, if the checkpoint is of this very cell: same
     # settings, same shards and backbone (their contents) and the same code.
     identity_settings = {"task": task, "strategy": strategy.name, "size": size, "seed": seed, "settings": settings.to_dict(), "task_settings": dataclasses.asdict(spec)}
-    inputs = [*(s for files in shards.values() for s in files), *([backbone_path] if strategy.uses_backbone and backbone_path else [])]
-    identity = run_identity("finetune", identity_settings, inputs)
+    identity = {**jets.inputs_identity, "settings_hash": config_hash(identity_settings)}  # run_identity("finetune", identity_settings, inputs)
     last = output_dir / LAST_CHECKPOINT
     state = resumable_state(last, identity)
     if state is not None:
@@ -251,18 +463,36 @@ def run_finetune(
         start_epoch, finished = int(state["epoch"]) + 1, bool(state["finished"])
         history = History(output_dir / "history.csv", state["history"])
         log.info("resuming from %s after epoch %d", last, start_epoch - 1)
+
+    meter = ComputeMeter(device)
+    counts = PassCounts()
+    cached_train = cached_val = None  # the frozen backbone's outputs, computed once (never checkpointed)
+    cache_built, cache_bytes = False, 0
     started = time.perf_counter()
     for epoch in range(start_epoch, 0 if finished else settings.epochs):
         trainable = backbone_trainable(strategy, epoch)
+        if trainable:
+            cached_train = cached_val = None
+        elif use_cache and not cache_built:
+            budget = CacheBudget(settings.cache_max_mb)
+            frozen = TruncatedBackbone(model)
+            cached_train = frozen_backbone_outputs(frozen, x_train, m_train, settings.batch_size, device, budget, "training jets")
+            cached_val = frozen_backbone_outputs(frozen, x_sub, m_sub, settings.batch_size, device, budget, "validation jets")
+            cache_built, cache_bytes = True, budget.used_bytes
+            counts.cached += len(x_train) if cached_train is not None else 0
+            counts.cached_val += len(x_sub) if cached_val is not None else 0
         model.train()
         set_backbone_trainable(model, trainable)
         order = torch.randperm(size, generator=generator).numpy()
         train_sum = 0.0
         for start in range(0, size, settings.batch_size):
             idx = order[start : start + settings.batch_size]
-            xb, mb = torch.from_numpy(x_train[idx]).to(device), torch.from_numpy(m_train[idx]).to(device)
+            mb = torch.from_numpy(m_train[idx]).to(device)
             with autocast(device):
-                out = model(xb, mb)
+                if cached_train is not None:
+                    out = model.head(cached_train[torch.from_numpy(idx).to(device)], mb)
+                else:
+                    out = model(torch.from_numpy(x_train[idx]).to(device), mb)
             batch_loss = task_loss(task, out.float(), y_train[idx].to(device), spec)
             optimizer.zero_grad(set_to_none=True)
             batch_loss.backward()
@@ -270,9 +500,21 @@ def run_finetune(
             optimizer.step()
             scheduler.step()
             train_sum += float(batch_loss.detach()) * len(idx)
-        val_out = evaluate_outputs(model, x_val, m_val, settings.batch_size, device)
-        val_loss = float(task_loss(task, torch.from_numpy(val_out), y_val, spec))
-        metrics = {f"val_{k}": v for k, v in epoch_metrics(task, val_out, val["target"], val).items()}
+            meter.add_jets(len(idx))
+        if trainable:
+            counts.trained += size
+        elif cached_train is not None:
+            counts.trained_cached += size
+        else:
+            counts.trained_frozen += size
+        if cached_val is not None:
+            val_out = evaluate_outputs(model, cached_val, m_sub, settings.batch_size, device, embedded=True)
+            counts.validated_cached += len(x_sub)
+        else:
+            val_out = evaluate_outputs(model, x_sub, m_sub, settings.batch_size, device)
+            counts.validated += len(x_sub)
+        val_loss = float(task_loss(task, torch.from_numpy(val_out), y_sub, spec))
+        metrics = {f"val_{k}": v for k, v in epoch_metrics(task, val_out, val_sub["target"], val_sub).items()}
         row = {"epoch": epoch, "backbone_trainable": int(trainable), "train_loss": train_sum / size, "val_loss": val_loss, **metrics, "learning_rate": scheduler.get_last_lr()[0]}
         history.append(row)
         if val_loss < best["val_loss"]:
@@ -301,17 +543,28 @@ def run_finetune(
         if finished:
             log.info("early stopping after epoch %d", epoch)
             break
+    cached_train = cached_val = None
     seconds = time.perf_counter() - started
-    history.write()  # also when a resumed cell had no epoch left (its outputs were deleted)
     if best_state is None:
         raise TaufmError(f"{task}/{strategy.name}: the validation loss was never finite")
     model.load_state_dict(best_state)
     # As the last epoch trained it (a resumed, finished cell runs no epoch to set it).
     set_backbone_trainable(model, backbone_trainable(strategy, int(history.rows[-1]["epoch"])))
-    cost = {
-        **parameter_counts(model),
-        "flops_per_jet": forward_flops_per_jet(model, *(torch.from_numpy(a[:FLOP_COUNT_JETS]).to(device) for a in (x_val, m_val))),
-    }
+    if jets.val_subset is None:  # the subset was the whole set
+        best_val_loss = best["val_loss"]
+    else:
+        best_val_loss = float(task_loss(task, torch.from_numpy(evaluate_outputs(model, x_val, m_val, settings.batch_size, device)), y_val, spec))
+        counts.validated += len(x_val)
+    compute = meter.summary()
+    # history.csv: val_loss per epoch is the subset's; val_loss_full, on the kept epoch's row, the
+    # whole set's. Written also when a resumed cell had no epoch left (its outputs were deleted).
+    rows = [_with_full_loss(row, best_val_loss if int(row["epoch"]) == best["epoch"] else "") for row in history.rows]
+    History(output_dir / "history.csv", rows).write()
+
+    flop_inputs = tuple(torch.from_numpy(a[:FLOP_COUNT_JETS]).to(device) for a in (x_val, m_val))
+    flops = forward_flops_per_jet(model, *flop_inputs)
+    backbone_flops = forward_flops_per_jet(TruncatedBackbone(model), *flop_inputs) if strategy.uses_backbone else 0.0
+    cost = {**parameter_counts(model), "flops_per_jet": flops, "backbone_flops_per_jet": backbone_flops, "head_flops_per_jet": flops - backbone_flops}
 
     resolved = {
         "task": task,
@@ -323,20 +576,45 @@ def run_finetune(
         "seed": seed,
         "task_settings": dataclasses.asdict(spec),
         "settings": settings.to_dict(),
-        "backbone": {"path": str(backbone_path), "sha256": _file_digest(backbone_path)} if strategy.uses_backbone and backbone_path else None,
+        "backbone": {"path": str(checkpoint.path), "sha256": checkpoint.sha256} if strategy.uses_backbone and checkpoint else None,
         "shards": {s: [str(p) for p in v] for s, v in shards.items()},
     }
-    save_checkpoint(output_dir / "model.pt", {"config": {**resolved, "settings_hash": config_hash(resolved)}, "model": best_state, "best": best})
+    kept = {**best, "val_loss_full": best_val_loss}
+    save_checkpoint(output_dir / "model.pt", {"config": {**resolved, "settings_hash": config_hash(resolved)}, "model": best_state, "best": kept})
     with ShardWriter(output_dir / "predictions.parquet") as writer:
-        for sample, data in tests.items():
+        for sample, data in jets.tests.items():
             x, m = model_inputs(strategy, data)
             outputs = evaluate_outputs(model, x, m, settings.batch_size, device)
             keep = ("sample", "event", "jet_index", "label", "decay_mode", "jet_pt", "jet_eta", "gen_tau_vis_pt", "target")
             writer.write({**{k: data[k] for k in keep}, **predict(task, outputs, data)})
-        writer.manifest = {"stage": "finetune", "task": task, "strategy": strategy.name, "size": size, "seed": seed, "test_jets": {s: int(len(d["target"])) for s, d in tests.items()}}
-    summary = {**resolved, "best_epoch": best["epoch"], "best_val_loss": best["val_loss"], "training_seconds": seconds, "device": str(device), **cost}
+        writer.manifest = {"stage": "finetune", "task": task, "strategy": strategy.name, "size": size, "seed": seed, "test_jets": {s: int(len(d["target"])) for s, d in jets.tests.items()}}
+    summary = {
+        **resolved,
+        "best_epoch": best["epoch"],
+        "best_val_loss": best_val_loss,  # the kept model on the whole validation set
+        "best_val_loss_subset": best["val_loss"],  # on the subset that chose the epoch
+        "val_jets": int(len(x_val)),
+        "val_subset_jets": int(len(x_sub)),
+        "frozen_backbone_cache": {"train_jets": counts.cached, "val_jets": counts.cached_val, "megabytes": cache_bytes / MEGABYTE},
+        "training_seconds": seconds,
+        "device": str(device),
+        **cost,
+        **compute,
+        **flop_estimates(counts, flops, backbone_flops),
+    }
     for name, payload in (("config.json", resolved), ("summary.json", summary)):
         with atomic_output(output_dir / name) as tmp:
             tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
-    log.info("%s/%s n=%d seed=%d: best val loss %.4f at epoch %d (%.0f s)", task, strategy.name, size, seed, best["val_loss"], best["epoch"], seconds)
+    log.info("%s/%s n=%d seed=%d: best val loss %.4f at epoch %d (%.0f s)", task, strategy.name, size, seed, best_val_loss, best["epoch"], seconds)
     return summary
+
+
+def _with_full_loss(row: Mapping, full_loss: float | str) -> dict:
+    """``row`` with ``val_loss_full`` right after ``val_loss`` (empty but on the kept epoch)."""
+    out = {}
+    for key, value in row.items():
+        if key != "val_loss_full":
+            out[key] = value
+        if key == "val_loss":
+            out["val_loss_full"] = full_loss
+    return out
