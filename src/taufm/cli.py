@@ -189,6 +189,44 @@ def _cmd_finetune(args: argparse.Namespace) -> dict:
     return {"device": summary["device"]}
 
 
+def _pack_cells(words: list[list[str]]) -> list:
+    """``--cell STRATEGY SIZE SEED RUN_DIR`` arguments as cells."""
+    from pathlib import Path
+
+    from taufm.finetune.train import Cell
+
+    cells = []
+    for strategy, size, seed, run_dir in words:
+        try:
+            cells.append(Cell(strategy, _positive_int(size), _non_negative_int(seed), Path(run_dir)))
+        except argparse.ArgumentTypeError as err:
+            raise TaufmError(f"--cell {strategy} {size} {seed} {run_dir}: {err}") from err
+    return cells
+
+
+def _cmd_finetune_pack(args: argparse.Namespace) -> dict:
+    """Cells of one task in this process; each run directory gets its own provenance record
+    (the settings of the cell as `taufm finetune` would record them), the pack's directory one."""
+    import datetime
+
+    from taufm.finetune.train import FinetuneSettings, run_finetune_pack
+    from taufm.provenance import build_record, record_path, write_record
+
+    _set_threads(args.threads)
+    settings = FinetuneSettings.from_mapping(args.settings)
+    shards = _sample_paths(args.shards)
+    started = [datetime.datetime.now(datetime.timezone.utc)]
+
+    def record_cell(cell, summary: dict) -> None:
+        config = {"task": args.task, "strategy": cell.strategy, "size": cell.size, "seed": cell.seed, "backbone": args.backbone}
+        config.update(settings=args.settings, output_dir=str(cell.output_dir), threads=args.threads, shards=args.shards)
+        write_record(record_path(cell.output_dir, is_directory=True), build_record("finetune", "finetune-pack", config, device=summary["device"], started=started[0]))
+        started[0] = datetime.datetime.now(datetime.timezone.utc)
+
+    summaries = run_finetune_pack(args.task, _pack_cells(args.cell), shards, settings, args.backbone, on_cell_done=record_cell)
+    return {"device": summaries[0]["device"]}
+
+
 def _cmd_metrics(args: argparse.Namespace) -> None:
     from taufm.evaluate.metrics import evaluate_run
     from taufm.io import atomic_output
@@ -367,6 +405,16 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--threads", type=_positive_int, default=None)
     ft.add_argument("shards", nargs="+", metavar="SAMPLE=PATH", help="token shards (or ingested shards for part) of each sample")
     ft.set_defaults(func=_cmd_finetune)
+    fp = sub.add_parser("finetune-pack", help="train several cells of one task in one process (shards and backbone read once)")
+    fp.add_argument("--task", required=True, help="tau_id, pt_regression or decay_mode")
+    cell_help = "one cell and its run directory (what `taufm finetune --output-dir` writes); repeat for each cell"
+    fp.add_argument("--cell", required=True, action="append", nargs=4, metavar=("STRATEGY", "SIZE", "SEED", "RUN_DIR"), help=cell_help)
+    fp.add_argument("--backbone", default=None, help="pretrained backbone (all strategies but part)")
+    fp.add_argument("--settings", type=_json_object, default={}, help="fine-tuning settings as JSON (or @file)")
+    fp.add_argument("--output-dir", required=True, help="the pack's own directory (its provenance record)")
+    fp.add_argument("--threads", type=_positive_int, default=None)
+    fp.add_argument("shards", nargs="+", metavar="SAMPLE=PATH", help="token shards (or ingested shards for part) of each sample")
+    fp.set_defaults(func=_cmd_finetune_pack)
     me = sub.add_parser("metrics", help="metrics of one fine-tuning run, per test sample, with bootstrap intervals (JSON rows)")
     me.add_argument("--run-dir", required=True)
     me.add_argument("--output", required=True, help="metrics.json: one row per test sample")
@@ -425,6 +473,7 @@ COMMAND_STAGES = {
     "pretrain": "pretrain",
     "loss-curve": "figures",
     "finetune": "finetune",
+    "finetune-pack": "finetune",
     "metrics": "metrics",
     "aggregate-metrics": "metrics",
     "paper-figures": "figures",

@@ -1,11 +1,23 @@
 # The fine-tuning grid: one job per (task, strategy, training size, seed), plus the ablations
-# (unfreeze epoch, number of pretrained blocks) and the supervised ParT baseline.
+# (unfreeze epoch, number of pretrained blocks) and the supervised ParT baseline. With
+# finetune.pack.by set, small cells of one task share a job instead (taufm.finetune.packs): the
+# finetune_pack* rules below, whose outputs are the same run directories.
+
+from functools import partial
+from types import SimpleNamespace
+
+from taufm.finetune.packs import cell_settings, pack_cell_arguments, pack_directory, pack_families
+
 
 wildcard_constraints:
     task="tau_id|pt_regression|decay_mode",
     strategy=r"(scratch|fixed|finetune|part)(-(unfreeze|blocks)(\d\d*|never))?",
     size=r"\d+",
     seed=r"\d+",
+
+
+FINETUNE_CELL_SETTINGS = as_json(cell_settings(SETTINGS_PAYLOADS["finetune"].from_config(config)))
+FINETUNE_PACKS = pack_families(FINETUNE)
 
 
 rule finetune:
@@ -18,7 +30,7 @@ rule finetune:
         [result(f"{paths.FINETUNE_RUN}/{name}") for name in paths.FINETUNE_FILES],
     params:
         code=CODE["finetune"],
-        settings=finetune_settings(),
+        settings=FINETUNE_CELL_SETTINGS,
         shards=lambda wildcards: [f"{name}={s}" for name, files in finetune_shards(wildcards).items() for s in files],
         backbone=lambda wildcards: [] if wildcards.strategy == "part" else ["--backbone", result(f"{paths.PRETRAIN_DIR}/backbone_best.pt")],
         output_dir=lambda wildcards, output: str(Path(output[0]).parent),
@@ -38,3 +50,45 @@ rule finetune:
         "taufm finetune --task {wildcards.task} --strategy {wildcards.strategy} --size {wildcards.size}"
         " --seed {wildcards.seed} {params.backbone:q} --settings {params.settings:q}"
         " --output-dir {params.output_dir:q} --threads {params.torch_threads:q} {params.shards:q} 2> {log:q}"
+
+
+# One rule per pack family (finetune_pack: the grid's backbone strategies; finetune_pack_part:
+# its ParT baseline; finetune_pack_ablations), preferred over the per-cell rule for its cells.
+for family in FINETUNE_PACKS:
+    kind = SimpleNamespace(strategy="finetune" if family.uses_backbone else "part")
+
+    rule:
+        """Several small cells of one task in one process (taufm finetune-pack): the shards and
+        the backbone read once, every run directory as the cell's own finetune job writes it."""
+        name:
+            family.rule
+        input:
+            finetune_inputs(kind),
+        output:
+            [result(f"{run}/{name}") for run in family.run_patterns() for name in paths.FINETUNE_FILES],
+        wildcard_constraints:
+            **family.wildcard_constraints(),
+        params:
+            code=CODE["finetune"],
+            settings=FINETUNE_CELL_SETTINGS,
+            shards=[f"{name}={s}" for name, files in finetune_shards(kind).items() for s in files],
+            backbone=["--backbone", result(f"{paths.PRETRAIN_DIR}/backbone_best.pt")] if family.uses_backbone else [],
+            cells=partial(pack_cell_arguments, family, results_dir=RESULTS),
+            output_dir=partial(pack_directory, family, results_dir=RESULTS),
+            torch_threads=FINETUNE_THREADS,
+        log:
+            result(paths.LOGS.format(stage="finetune", name=f"pack_{family.job_name()}")),
+        benchmark:
+            result(paths.BENCHMARKS.format(stage="finetune", name=f"pack_{family.job_name()}"))
+        conda:
+            "../../envs/taufm.yaml"
+        threads: FINETUNE_THREADS
+        resources:
+            mem_mb=4000,
+            runtime=120 * family.cells_per_job,
+            gpu=1 if FINETUNE["device"] != "cpu" else 0,
+        shell:
+            "taufm finetune-pack --task {wildcards.task} {params.backbone:q} --settings {params.settings:q}"
+            " --output-dir {params.output_dir:q} --threads {params.torch_threads:q} {params.cells:q} {params.shards:q} 2> {log:q}"
+
+    workflow.ruleorder(family.rule, "finetune")
