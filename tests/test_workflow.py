@@ -76,6 +76,13 @@ def smoke_run(tmp_path_factory):
     return results
 
 
+def test_the_local_profile_applies_by_itself(tmp_path):
+    """profiles/default (rerun-incomplete, printed commands, ...) is used without being named:
+    Snakemake looks for it beside the Snakefile, so it must not move under workflow/."""
+    proc = snakemake("--config", f"results_dir={tmp_path / 'results'}", "--dry-run", "--quiet", "rules")
+    assert "workflow specific profile profiles/default" in proc.stdout + proc.stderr
+
+
 def test_paths_with_spaces_and_dollars_are_quoted_in_every_rule(smoke_run):
     assert smoke_run.name == ODD_RESULTS_NAME and (smoke_run / "metrics.parquet").exists()
     for directory in (ROOT, smoke_run, smoke_run.parent, Path.cwd()):
@@ -451,7 +458,7 @@ def killed_and_resumed_run(tmp_path_factory):
             os.killpg(process.pid, signal.SIGKILL)
         process.wait()
     assert killed_in, f"the run ended (exit {process.returncode}) before {KILL_AFTER}: nothing was killed"
-    locked = snakemake(*args, "--dry-run", check=False)
+    locked = snakemake(*args, check=False)
     assert locked.returncode != 0 and "cannot be locked" in locked.stdout + locked.stderr, "a killed run leaves its lock"
     snakemake(*args, "--unlock")
     resumed = snakemake(*args)
