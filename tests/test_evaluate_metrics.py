@@ -174,6 +174,16 @@ def test_best_validation_loss(tmp_path):
         m.best_validation_loss(tmp_path / "e.csv")
 
 
+def test_best_validation_loss_of_a_subset_validated_run_is_the_whole_sets(tmp_path):
+    """Fine-tuning judged each epoch on a validation subset: the kept epoch's row holds the kept
+    model's loss on the whole set (val_loss_full), and that is the run's validation loss."""
+    (tmp_path / "h.csv").write_text("epoch,val_loss,val_loss_full\n0,0.50,\n1,0.30,0.34\n2,0.31,\n")
+    assert m.best_validation_loss(tmp_path / "h.csv") == (0.34, 1)
+    (tmp_path / "i.csv").write_text("epoch,val_loss,val_loss_full\n0,0.5,0.6\n1,0.3,0.34\n")
+    with pytest.raises(TaufmError, match=r"i\.csv: val_loss_full is set on 2 epochs"):
+        m.best_validation_loss(tmp_path / "i.csv")
+
+
 def _jets(sample: str, n: int, **columns) -> dict[str, list]:
     base = {
         "sample": [sample] * n,

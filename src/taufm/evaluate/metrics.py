@@ -266,6 +266,9 @@ def confusion(true: np.ndarray, pred: np.ndarray, n_classes: int = len(DECAY_MOD
 def best_validation_loss(history_csv: str | os.PathLike[str]) -> tuple[float, int]:
     """(lowest ``val_loss``, its epoch) of a training ``history.csv``; the first epoch on ties.
 
+    A fine-tuning history validated on a subset each epoch marks the kept epoch with
+    ``val_loss_full``, the kept model's loss on the whole validation set: then that, and its epoch.
+
     The epoch comes from the ``epoch`` column when there is one, else the row number (from 0).
     NaN entries are skipped; (NaN, -1) when there is no finite loss. A missing or unreadable
     file, a missing column or a non-numeric entry is a :class:`TaufmError` naming the file.
@@ -285,6 +288,15 @@ def best_validation_loss(history_csv: str | os.PathLike[str]) -> tuple[float, in
         epochs = [int(float(r["epoch"])) if "epoch" in fields else i for i, r in enumerate(rows)]
     except (TypeError, ValueError) as err:
         raise TaufmError(f"{path}: non-numeric val_loss or epoch in the training history ({err})") from err
+    if "val_loss_full" in fields:  # validated on a subset each epoch: the kept epoch's whole-set loss
+        kept = [(i, r["val_loss_full"]) for i, r in enumerate(rows) if (r.get("val_loss_full") or "").strip()]
+        if len(kept) > 1:
+            raise TaufmError(f"{path}: val_loss_full is set on {len(kept)} epochs; it belongs to the kept epoch only")
+        if kept:
+            try:
+                return float(kept[0][1]), epochs[kept[0][0]]
+            except ValueError as err:
+                raise TaufmError(f"{path}: non-numeric val_loss_full in the training history ({err})") from err
     finite = ~np.isnan(losses)
     if not finite.any():
         return _NAN, -1
