@@ -330,7 +330,7 @@ def test_slurm_profile_is_found_by_name_from_the_repository_root(tmp_path):
            "--configfile", str(SMOKE), "--config", f"results_dir={tmp_path / 'results'}"]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "Using profile slurm" in proc.stderr and "finetune" in proc.stdout
+    assert "Using profiles slurm and workflow specific profile profiles/default" in proc.stderr and "finetune" in proc.stdout
 
 
 @pytest.fixture(scope="session")
