@@ -405,8 +405,14 @@ def _comparable_outputs(results: Path) -> dict[Path, object]:
         found[path.relative_to(results)] = torch.load(path, map_location="cpu", weights_only=False)["model"]
     for pattern in ("finetune/**/predictions.parquet", "metrics.parquet", "comparisons.parquet"):
         for path in results.glob(pattern):
-            found[path.relative_to(results)] = pq.read_table(path).to_pandas()
+            table = pq.read_table(path).to_pandas()
+            found[path.relative_to(results)] = table.drop(columns=[c for c in MEASURED_COLUMNS if c in table.columns])
     return found
+
+
+# What a run measured of itself, not what it computed: seconds, rates and memory differ between
+# two runs of the same job (parameters and FLOPs per jet do not, and are compared).
+MEASURED_COLUMNS = ("device_seconds", "jets_per_second", "peak_memory_mb")
 
 
 def assert_same_outputs(first: Path, second: Path, only: set[Path] | None = None) -> None:
