@@ -232,3 +232,25 @@ def test_every_row_carries_the_runs_cost(tmp_path):
     (point, total) = m.grid_cost(rows)
     assert point["n_runs"] == 1 and point["device_seconds"] == 5.0, "a run counts once, whatever its test samples"
     assert total["stage"] == "total" and total["train_flops_estimate"] == 3 * 2e4 * 2000
+
+
+def test_bad_stage_costs_and_run_details_are_named(tmp_path, capsys):
+    run = _run(tmp_path, "finetune", 0, _tau_id_predictions(0.8, 0))
+    assert main(["metrics", "--run-dir", str(run), "--output", str(run / "metrics.json"), "--details", str(run / m.DETAILS_FILE),
+                 "--bootstrap-replicates", "2"]) == 0
+    not_an_object = tmp_path / "summary.json"
+    not_an_object.write_text("[1, 2]")
+    out = tmp_path / "tables"
+    tables = ["--csv", str(out / "m.csv"), "--parquet", str(out / "m.parquet"), "--comparisons-csv", str(out / "c.csv"),
+              "--comparisons-parquet", str(out / "c.parquet"), "--grid-cost-csv", str(out / "g.csv"), "--grid-cost-parquet", str(out / "g.parquet")]
+    assert main(["aggregate-metrics", *tables, "--stage-cost", f"tokenizer={not_an_object}", str(run / "metrics.json")]) == 2
+    assert "summary.json: not a training summary" in capsys.readouterr().err
+    assert not out.exists(), "nothing half-written"
+
+    from taufm.plots.paper_figures import runs_from_details
+
+    details = json.loads((run / m.DETAILS_FILE).read_text())
+    details["run"]["size"] = "1000"
+    (run / m.DETAILS_FILE).write_text(json.dumps(details))
+    with pytest.raises(TaufmError, match=r"metrics_details\.json: the run's size and seed must be integers"):
+        runs_from_details([run / m.DETAILS_FILE], 1000)

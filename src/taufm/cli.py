@@ -263,7 +263,9 @@ def _cmd_aggregate_metrics(args: argparse.Namespace) -> None:
         if not sep or not name or not path:
             raise TaufmError(f"--stage-cost {pair!r}: expected STAGE=PATH")
         found = _read_json(path, "training summary")
-        stage_costs[name] = found.get("cost", found) if isinstance(found, dict) else {}
+        if not isinstance(found, dict):
+            raise TaufmError(f"{path}: not a training summary (a JSON object)")
+        stage_costs[name] = found.get("cost", found)
     write_table(aggregate(rows, details), args.csv, args.parquet)
     write_comparisons(compare_strategies(rows, details), args.comparisons_csv, args.comparisons_parquet)
     write_grid_cost(grid_cost(rows, stage_costs), args.grid_cost_csv, args.grid_cost_parquet)

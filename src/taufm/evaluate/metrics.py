@@ -456,9 +456,10 @@ def _bootstrap(task: TaskMetrics, columns: Mapping[str, np.ndarray], sample: str
     replicates: dict[str, list[float]] = {name: [] for name in names}
     if jets.size == 0:
         return replicates
+    needed = ["sample", *task.columns]  # not the jet keys: only what the metrics read
     for indices in bootstrap_indices(jets.size, n_replicates, seed):
         chosen = jets[indices]
-        resampled = {k: v[chosen] for k, v in columns.items()}
+        resampled = {k: columns[k][chosen] for k in needed}
         values = task.metrics(resampled, sample, efficiency)
         for name in names:
             replicates[name].append(float(values[name]))

@@ -340,7 +340,7 @@ def runs_from_details(paths: Iterable[str | os.PathLike[str]], size: int) -> dic
     runs: dict[str, dict[str, list[Path]]] = {}
     for path in map(Path, paths):
         run = _read_details(path)["run"]
-        if int(run["size"]) == size:
+        if run["size"] == size:
             runs.setdefault(str(run["task"]), {}).setdefault(str(run["strategy"]), []).append(path.parent)
     return runs
 
@@ -430,6 +430,8 @@ def _read_details(path: Path) -> dict:
     missing = [k for k in ("task", "strategy", "size", "seed") if k not in details["run"]]
     if missing:
         raise TaufmError(f"{path}: the run lacks key(s) {', '.join(missing)}")
+    if not all(_is_int(details["run"][k]) for k in ("size", "seed")):
+        raise TaufmError(f"{path}: the run's size and seed must be integers, got {details['run']['size']!r} and {details['run']['seed']!r}")
     return details
 
 
@@ -495,10 +497,6 @@ def _tau_id_stats(runs: Sequence[tuple[Path, dict]], signal_sample: str, backgro
         "misid_max": stack.max(axis=0).tolist(),
         "misid_at_80": _stats(at_wp),
     }
-
-
-def _response_edges() -> np.ndarray:
-    return RESPONSE_EDGES
 
 
 def _response_stats(runs: Sequence[tuple[Path, dict]], signal_sample: str) -> dict:
@@ -597,7 +595,7 @@ def _draw_response(ax: Axes, stats: Mapping[str, dict], runs: Mapping, signal_sa
     if not stats:
         no_data_panel(ax, title, "no pT regression runs" if not runs else f"no {signal_sample} τ jets\nwith a finite response")
         return
-    edges = _response_edges()
+    edges = RESPONSE_EDGES
     for strategy, st in stats.items():
         color = STRATEGY_COLORS[strategy]
         mean, lo, hi = (np.asarray(st[k]) for k in ("fraction_mean", "fraction_min", "fraction_max"))
