@@ -15,7 +15,7 @@ import pytest
 from taufm.errors import TaufmError
 from taufm.physics.tau import DECAY_MODE_NAMES
 from taufm.plots import dataquality
-from taufm.plots.dataquality import NO_TAU_MESSAGE, plot_dataquality
+from taufm.plots.dataquality import NO_TAU_MESSAGE, NO_TRACK_MESSAGE, plot_dataquality
 from taufm.plots.style import DECAY_MODE_COLORS, STRATEGY_COLORS, new_figure, save_figure, taufm_style
 
 # Tau jets of the e+e- test sample: decay mode and response (jet pT / visible tau pT) per jet.
@@ -26,12 +26,34 @@ N_BACKGROUND = 6
 N_CAND_LENGTH = 4  # candidate list length of the test shards
 
 
-def _candidate_column(n: int) -> pa.FixedSizeListArray:
-    values = pa.array(np.arange(n * N_CAND_LENGTH, dtype=np.float32))
-    return pa.FixedSizeListArray.from_arrays(values, N_CAND_LENGTH)
+# Lifetime-signed d0 (and dz) significances of the candidates of each jet (the fourth is padding):
+# tau jets two displaced tracks and one behind, the other jets prompt ones.
+TAU_SIGNIFICANCES = (5.0, 5.0, -1.0, 0.0)
+OTHER_SIGNIFICANCES = (1.0, -1.0, 0.5, 0.0)
+TRACK_ERROR_MM = 0.01
 
 
-def _ee_table(sample: str, n_tau: int, n_background: int, *, first_event: int = 0) -> pa.Table:
+def _candidate_column(n: int, values: np.ndarray | None = None, dtype=pa.float32()) -> pa.FixedSizeListArray:
+    values = np.arange(n * N_CAND_LENGTH, dtype=np.float32) if values is None else np.asarray(values).ravel()
+    return pa.FixedSizeListArray.from_arrays(pa.array(values, dtype), N_CAND_LENGTH)
+
+
+def _lifetime_columns(tau: np.ndarray, *, with_tracks: bool = True) -> dict[str, pa.FixedSizeListArray]:
+    """Candidate columns that give TAU/OTHER_SIGNIFICANCES: Δφ = Δη = 0.1 at jet η = 0 make the
+    lifetime sign that of -d0 and -dz, so d0 = dz = -S * error."""
+    n = len(tau)
+    significance = np.where(tau[:, None], TAU_SIGNIFICANCES, OTHER_SIGNIFICANCES)
+    error = np.full((n, N_CAND_LENGTH), TRACK_ERROR_MM if with_tracks else 0.0)
+    mask = np.arange(N_CAND_LENGTH)[None, :] < 3
+    impact = -significance * TRACK_ERROR_MM * with_tracks
+    angle = np.full((n, N_CAND_LENGTH), 0.1)
+    columns = {"cand_d0": impact, "cand_d0err": error, "cand_dz": impact, "cand_dzerr": error, "cand_deta": angle, "cand_dphi": angle}
+    out = {name: _candidate_column(n, np.where(mask, v, 0.0)) for name, v in columns.items()}
+    out["cand_mask"] = _candidate_column(n, np.broadcast_to(mask, (n, N_CAND_LENGTH)), pa.bool_())
+    return out
+
+
+def _ee_table(sample: str, n_tau: int, n_background: int, *, first_event: int = 0, with_tracks: bool = True) -> pa.Table:
     """An e+e- shard in the ingestion column contract: ``n_tau`` tau jets then background jets."""
     n = n_tau + n_background
     tau = np.arange(n) < n_tau
@@ -63,6 +85,7 @@ def _ee_table(sample: str, n_tau: int, n_background: int, *, first_event: int = 
             "gen_tau_vis_energy": pa.array(vis_pt * 1.1, pa.float32()),
             "gen_tau_vis_mass": pa.array(np.where(tau, 0.8, nan), pa.float32()),
             "cand_pt": _candidate_column(n),
+            **_lifetime_columns(tau, with_tracks=with_tracks),
         }
     )
 
@@ -123,7 +146,7 @@ def _check_figure_files(stem):
 
 
 def test_ee_numbers_equal_hand_computed_values(ee_shards, tmp_path, monkeypatch):
-    read = []  # the columns asked of each shard: the scalar ones only, never the candidate lists
+    read = []  # the columns asked of each shard: the candidate lists only those the lifetime panels need
     original_read = pq.ParquetFile.read
 
     def spy(self, columns=None, **kwargs):
@@ -135,7 +158,8 @@ def test_ee_numbers_equal_hand_computed_values(ee_shards, tmp_path, monkeypatch)
     summary = plot_dataquality(ee_shards, stem, sample="ZH_Htautau", kind="ee")
 
     assert len(read) == 2
-    assert all(columns is not None and not any(c.startswith("cand_") for c in columns) for columns in read)
+    lifetime = {"cand_d0", "cand_d0err", "cand_dz", "cand_dzerr", "cand_deta", "cand_dphi", "cand_mask"}
+    assert all(columns is not None and {c for c in columns if c.startswith("cand_")} == lifetime for columns in read)
     _check_figure_files(stem)
     assert _outputs(stem.parent) == ["dataquality.ZH_Htautau.pdf", "dataquality.ZH_Htautau.png"]
     assert summary["n_jets"] == 16
@@ -149,6 +173,10 @@ def test_ee_numbers_equal_hand_computed_values(ee_shards, tmp_path, monkeypatch)
     # percentiles give q25 = 0.9 + 0.25 * 0.05 and q75 = 1.05 + 0.75 * 0.05.
     assert summary["response_median"] == pytest.approx(1.0, rel=1e-6)
     assert summary["response_iqr"] == pytest.approx(1.0875 - 0.9125, rel=1e-5)
+    for name in ("signed_d0_significance", "signed_dz_significance"):
+        tracks = summary["track_significance"][name]
+        assert tracks["tau_jets"] == {"tracks": 30, "median": pytest.approx(5.0, rel=1e-5), "fraction_above_3": pytest.approx(2 / 3)}
+        assert tracks["other_jets"] == {"tracks": 18, "median": pytest.approx(0.5, rel=1e-5), "fraction_above_3": 0.0}
 
 
 def test_ee_sample_without_tau_jets(tmp_path):
@@ -179,6 +207,18 @@ def test_no_tau_panels_say_so(tmp_path, monkeypatch):
     assert messages.count(NO_TAU_MESSAGE) == 2
     for ax in fig.axes:
         assert ax.get_xlabel() or ax.texts, "every panel has an axis label or a message"
+
+
+def test_a_sample_without_tracks_says_so_in_the_lifetime_panels(tmp_path, monkeypatch):
+    shard = tmp_path / "qq_000.parquet"
+    pq.write_table(_ee_table("qq", 0, 5, with_tracks=False), shard)
+    drawn = []
+    monkeypatch.setattr(dataquality, "save_figure", lambda fig, stem: drawn.append(fig))
+    summary = plot_dataquality([shard], tmp_path / "qq", sample="qq", kind="ee")
+
+    (fig,) = drawn
+    assert [t.get_text() for ax in fig.axes for t in ax.texts].count(NO_TRACK_MESSAGE) == 2
+    assert summary["track_significance"] == {"signed_d0_significance": {}, "signed_dz_significance": {}}
 
 
 def test_jetclass_numbers(tmp_path):

@@ -158,7 +158,7 @@ def test_nested_model_settings_have_the_schema_keys():
     assert set(tokenizer["preprocessing"]["properties"]) == keys(Preprocessing)
     assert set(pretrain["model"]["properties"]) == keys(GPTConfig, ("vocab_size", "max_length"))
     assert set(finetune["head"]["properties"]) == keys(HeadConfig)
-    assert set(finetune["part"]["properties"]) == keys(ParTConfig)
+    assert set(finetune["part"]["properties"]) == keys(ParTConfig) | {"inputs"}  # the input set, read by taufm.finetune.train.part_settings
     assert set(schema["$defs"]["task_settings"]["properties"]) == keys(TaskSettings)
     assert {k: v["default"] for k, v in tokenizer["preprocessing"]["properties"].items()} == dataclasses.asdict(Preprocessing())
 

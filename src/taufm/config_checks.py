@@ -2,7 +2,8 @@
 
 The schema checks each value on its own (types, ranges, names); these checks relate values:
 split ratios that must sum to 1, model widths that attention heads must divide, fine-tuning
-strategies that must name a known strategy and no more backbone blocks than pretraining trains.
+strategies that must name a known strategy and no more backbone blocks than pretraining trains,
+the ParT's input count that its input set fixes.
 Without them such a configuration passes ``snakemake -n`` and fails deep in the run, after the
 first stages have already replaced their outputs.
 """
@@ -13,6 +14,7 @@ import math
 from collections.abc import Mapping
 
 from taufm.errors import TaufmError
+from taufm.finetune.inputs import INPUT_SETS
 from taufm.finetune.strategies import parse_strategy
 
 # (config section, width key) of every attention stack whose width n_heads must divide.
@@ -52,6 +54,10 @@ def cross_setting_errors(config: Mapping) -> list[str]:
         if width in section and "n_heads" in section and section[width] % section["n_heads"]:
             errors.append(f"{where}: {width} {section[width]} is not divisible by n_heads {section['n_heads']}")
     finetune = _section(config, "finetune")
+    part = _section(config, "finetune.part")
+    if "n_features" in part and part["n_features"] != INPUT_SETS.get(part.get("inputs", "paper"), part["n_features"]):
+        inputs = part.get("inputs", "paper")
+        errors.append(f"finetune.part: n_features {part['n_features']} but input set {inputs!r} has {INPUT_SETS[inputs]} inputs per candidate (leave n_features out)")
     backbone_blocks = _section(config, "pretrain.model").get("n_blocks")
     for name in finetune_strategies(finetune):
         try:

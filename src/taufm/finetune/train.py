@@ -51,6 +51,7 @@ from taufm.config import config_hash, reject_unknown_keys, settings_from_mapping
 from taufm.errors import TaufmError
 from taufm.finetune.data import load_task_data, nested_subset, validation_subset
 from taufm.finetune.frozen import MEGABYTE, CacheBudget, frozen_backbone_outputs
+from taufm.finetune.inputs import check_input_set, part_inputs
 from taufm.finetune.strategies import Strategy, parse_strategy
 from taufm.finetune.tasks import TASK_NAMES, TaskSettings, epoch_metrics, n_outputs, predict, task_settings
 from taufm.finetune.tasks import loss as task_loss
@@ -58,7 +59,7 @@ from taufm.ingest.shards import CANDIDATE_COLUMNS, MASK_COLUMN, ShardWriter
 from taufm.io import atomic_output
 from taufm.models.gpt import GPTBackbone, GPTConfig
 from taufm.models.heads import HeadConfig, TaskHead
-from taufm.models.part import PART_PREPROCESSING, ParTConfig, ParticleTransformer
+from taufm.models.part import ParTConfig, ParticleTransformer
 from taufm.pretrain.data import token_vocabulary
 from taufm.pretrain.train import backbone_config
 from taufm.train.runtime import (
@@ -88,8 +89,6 @@ FLOP_COUNT_JETS = 32  # validation jets whose forward pass flops_per_jet is coun
 # Settings of the workflow, not of a cell: left out of a cell's resolved settings and identity,
 # so a packed cell's run directory is the same as the cell's run alone.
 WORKFLOW_ONLY_SETTINGS = ("pack",)
-
-_FEATURE_COLUMNS = tuple(c for c in CANDIDATE_COLUMNS if c not in ("cand_d0", "cand_d0err", "cand_dz", "cand_dzerr"))
 
 
 @dataclass(frozen=True)
@@ -181,18 +180,28 @@ def _file_digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
 
-def model_inputs(strategy: Strategy, data: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """Tokens and mask for backbone strategies; preprocessed candidate features for ParT.
+def model_inputs(strategy: Strategy, data: Mapping[str, np.ndarray], part_input_set: str = "paper") -> tuple[np.ndarray, np.ndarray]:
+    """Tokens and mask for backbone strategies; preprocessed candidate features for ParT, of
+    input set ``part_input_set`` (:mod:`taufm.finetune.inputs`).
 
     The ParT's pairwise features need each candidate's pT, Δη, Δφ and mass (its energy follows
     from them), which the first four preprocessed channels hold invertibly: the model reads them
-    back itself (``taufm.models.part``), with this same :data:`PART_PREPROCESSING`.
+    back itself (``taufm.models.part``), with this same ``PART_PREPROCESSING``.
     """
     if strategy.uses_backbone:
         return data["tokens"].astype(np.int64), data["token_mask"].astype(bool)
-    features = np.stack([data[c] for c in _FEATURE_COLUMNS], axis=-1).astype(np.float32)
-    prepared = PART_PREPROCESSING.model_inputs(features, data[MASK_COLUMN].astype(bool))
-    return prepared["inputs"], prepared["mask"]
+    return part_inputs(data, part_input_set)
+
+
+def part_settings(settings: FinetuneSettings) -> tuple[ParTConfig, str]:
+    """The ParT's configuration and input set from ``finetune.part``: ``inputs`` (an input set
+    of :mod:`taufm.finetune.inputs`) sets ``n_features`` unless that is given, and must agree."""
+    values = dict(settings.part)
+    input_set = values.pop("inputs", "paper")
+    n_inputs = check_input_set(input_set)
+    if values.setdefault("n_features", n_inputs) != n_inputs:
+        raise TaufmError(f"finetune.part.n_features is {values['n_features']}, but input set {input_set!r} has {n_inputs} inputs per candidate")
+    return ParTConfig.from_dict(values), input_set
 
 
 def _on_device(x: np.ndarray | torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -250,7 +259,7 @@ def build_model(task: str, strategy: Strategy, settings: FinetuneSettings, backb
     """The network of one strategy; pretrained weights loaded strictly where the strategy wants them."""
     seed_everything(seed)
     if not strategy.uses_backbone:
-        return ParticleTransformer(ParTConfig.from_dict(dict(settings.part)), n_outputs(task))
+        return ParticleTransformer(part_settings(settings)[0], n_outputs(task))
     if backbone is None:
         raise TaufmError(f"strategy {strategy.name!r} needs a pretrained backbone checkpoint")
     checkpoint = backbone if isinstance(backbone, BackboneCheckpoint) else BackboneCheckpoint.read(backbone)
@@ -308,7 +317,7 @@ def load_task_jets(task: str, spec: TaskSettings, shards: Mapping[str, Sequence[
     return TaskJets(
         train=train,
         val=val,
-        val_inputs=model_inputs(strategy, val),
+        val_inputs=model_inputs(strategy, val, part_settings(settings)[1]),
         val_subset=validation_subset(len(val["target"]), settings.val_subset_jets, settings.val_subset_seed),
         tests=tests,
         inputs=tuple(inputs),
@@ -432,7 +441,7 @@ def _train_cell(
     train = {k: v[subset] for k, v in jets.train.items()}
     model = build_model(task, strategy, settings, checkpoint, seed).to(device)
 
-    x_train, m_train = model_inputs(strategy, train)
+    x_train, m_train = model_inputs(strategy, train, part_settings(settings)[1])
     x_val, m_val = jets.val_inputs
     y_train, y_val = torch.from_numpy(train["target"]), torch.from_numpy(jets.val["target"])
     # Each epoch is judged on the validation subset; the kept model once on the whole set.
@@ -583,7 +592,7 @@ def _train_cell(
     save_checkpoint(output_dir / "model.pt", {"config": {**resolved, "settings_hash": config_hash(resolved)}, "model": best_state, "best": kept})
     with ShardWriter(output_dir / "predictions.parquet") as writer:
         for sample, data in jets.tests.items():
-            x, m = model_inputs(strategy, data)
+            x, m = model_inputs(strategy, data, part_settings(settings)[1])
             outputs = evaluate_outputs(model, x, m, settings.batch_size, device)
             keep = ("sample", "event", "jet_index", "label", "decay_mode", "jet_pt", "jet_eta", "gen_tau_vis_pt", "target")
             writer.write({**{k: data[k] for k in keep}, **predict(task, outputs, data)})

@@ -42,11 +42,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from taufm.errors import TaufmError
+from taufm.finetune.inputs import PART_PREPROCESSING  # the transform whose outputs the ParT reads
 from taufm.models.heads import HeadConfig, TaskHead
 from taufm.tokenizer.preprocessing import CONTINUOUS, Preprocessing
 
-# The transform whose outputs the ParT reads (fine-tuning builds its inputs with this very one).
-PART_PREPROCESSING = Preprocessing(max_abs_angle=None)
 PAIR_FEATURE_NAMES = ("ln_delta_r", "ln_kt", "ln_z", "ln_m2")
 PAIR_EPSILON = 1e-8  # clamp before every log (ParT's value)
 _KINEMATIC_CHANNELS = {name: CONTINUOUS.index(name) for name in ("pt", "deta", "dphi", "mass")}
@@ -54,7 +53,7 @@ _KINEMATIC_CHANNELS = {name: CONTINUOUS.index(name) for name in ("pt", "deta", "
 
 @dataclass(frozen=True)
 class ParTConfig:
-    n_features: int = 10  # per-candidate inputs
+    n_features: int = 10  # per-candidate inputs (the paper's ten; 14 with lifetime inputs)
     embed_dim: int = 128  # width of the per-candidate embedding (= the head's input_dim)
     head: HeadConfig = field(default_factory=lambda: HeadConfig(n_particle_blocks=4))
     pair_features: bool = True  # False: no interaction features, the plain transformer

@@ -1,15 +1,18 @@
 """Data-quality figure of one sample's ingested Parquet shards, and the numbers it shows.
 
-One figure per sample, four panels, so a person can see at a glance that ingestion did what
-SPEC §3 asks before any network is trained on its output:
+One figure per sample, so a person can see at a glance that ingestion did what SPEC §3 asks
+before any network is trained on its output:
 
-- e+e- (Fuτure): jet pT (all and tau-matched jets), candidate multiplicity, decay-mode fractions
-  of the tau jets (six classes of :data:`taufm.physics.tau.DECAY_MODE_NAMES`), and the response
-  jet pT / visible tau pT of the tau jets. A sample without tau jets (qq) shows that in words.
-- JetClass: jet pT, candidate multiplicity, soft-drop mass, tau3/tau2.
+- e+e- (Fuτure), six panels: jet pT (all and tau-matched jets), candidate multiplicity,
+  decay-mode fractions of the tau jets (six classes of :data:`taufm.physics.tau.DECAY_MODE_NAMES`),
+  the response jet pT / visible tau pT of the tau jets, and the lifetime-signed d0 and dz
+  significances (:mod:`taufm.physics.lifetime`) of the tracks in tau-matched and in the other
+  jets: a tau's flight shows as a positive tail that prompt tracks do not have. A sample without
+  tau jets (qq) shows that in words; a sample without tracks (no track collection read) too.
+- JetClass, four panels: jet pT, candidate multiplicity, soft-drop mass, tau3/tau2.
 
-Only the scalar columns needed are read (never the candidate lists). The numbers drawn are
-returned as a small JSON-friendly dict for logs and tests.
+Only the columns needed are read (the candidate lists only for the lifetime panels). The numbers
+drawn are returned as a small JSON-friendly dict for logs and tests.
 """
 
 from __future__ import annotations
@@ -28,8 +31,10 @@ import pyarrow.parquet as pq
 from matplotlib.axes import Axes
 from matplotlib.ticker import NullFormatter, NullLocator
 
+from taufm.data import column_to_numpy
 from taufm.errors import TaufmError
-from taufm.ingest.shards import SPLITS
+from taufm.ingest.shards import MASK_COLUMN, SPLITS
+from taufm.physics.lifetime import signed_impact_parameters
 from taufm.physics.tau import DECAY_MODE_NAMES
 from taufm.plots.style import DECAY_MODE_COLORS, JET_COLORS, new_figure, no_data_panel, save_figure, taufm_style
 
@@ -37,7 +42,8 @@ log = logging.getLogger(__name__)
 
 Kind = Literal["ee", "jetclass"]
 
-EE_COLUMNS = ("sample", "split", "jet_pt", "n_cand", "label", "decay_mode", "gen_tau_vis_pt")
+LIFETIME_INPUT_COLUMNS = ("cand_d0", "cand_d0err", "cand_dz", "cand_dzerr", "cand_deta", "cand_dphi")
+EE_COLUMNS = ("sample", "split", "jet_pt", "jet_eta", "n_cand", "label", "decay_mode", "gen_tau_vis_pt", *LIFETIME_INPUT_COLUMNS, MASK_COLUMN)
 JETCLASS_COLUMNS = ("sample", "split", "jet_pt", "n_cand", "jet_sdmass", "jet_tau2", "jet_tau3")
 _COLUMNS: dict[str, tuple[str, ...]] = {"ee": EE_COLUMNS, "jetclass": JETCLASS_COLUMNS}
 _KIND_LABELS = {"ee": r"$e^+e^-$ (Fuτure)", "jetclass": "JetClass"}
@@ -47,6 +53,10 @@ RESPONSE_RANGE = (0.0, 2.0)
 _N_BINS = 40
 _MAX_INT_BINS = 60
 NO_TAU_MESSAGE = "no tau jets in this sample"
+NO_TRACK_MESSAGE = "no candidate with a track (d0, dz errors > 0)"
+# Significance panels: this range, values outside counted into the edge bins.
+SIGNIFICANCE_RANGE = (-10.0, 30.0)
+LIFETIME_TAIL = 3.0  # the summary's fraction of tracks with a signed significance above this
 
 
 def plot_dataquality(
@@ -77,7 +87,7 @@ def plot_dataquality(
         "n_cand_mean": float(np.mean(data["n_cand"])),
     }
     with taufm_style():
-        fig, axes = new_figure(2, 2)
+        fig, axes = new_figure(2, 3 if kind == "ee" else 2)
         if kind == "ee":
             summary |= _draw_ee(axes, data)
         else:
@@ -103,7 +113,7 @@ def read_columns(
     parts: dict[str, list[np.ndarray]] = {c: [] for c in columns}
     for path in paths:
         table = _read_table(path, columns)
-        arrays = {c: table.column(c).to_numpy() for c in columns}
+        arrays = {c: column_to_numpy(table.column(c)) for c in columns}
         _check_shard(path, arrays, sample)
         for c in columns:
             parts[c].append(arrays[c])
@@ -152,7 +162,7 @@ def _check_shard(path: Path, arrays: dict[str, np.ndarray], sample: str) -> None
 # --- e+e- panels -------------------------------------------------------------------------------
 
 
-def _draw_ee(axes: np.ndarray, data: dict[str, np.ndarray]) -> dict:
+def _draw_ee_jets(axes: np.ndarray, data: dict[str, np.ndarray]) -> dict:
     pt = data["jet_pt"].astype(np.float64)
     n_cand = data["n_cand"].astype(np.int64)
     tau = data["label"] == 1
@@ -200,6 +210,43 @@ def _draw_ee(axes: np.ndarray, data: dict[str, np.ndarray]) -> dict:
     summary["response_median"] = median
     summary["response_iqr"] = q75 - q25
     _draw_response(axes[1, 1], response, median, q25, q75)
+    return summary
+
+
+def _draw_ee(axes: np.ndarray, data: dict[str, np.ndarray]) -> dict:
+    summary = _draw_ee_jets(axes, data)
+    summary["track_significance"] = _draw_lifetime(axes[:, 2], data)
+    return summary
+
+
+def _draw_lifetime(axes: np.ndarray, data: dict[str, np.ndarray]) -> dict:
+    """Signed d0 and dz significance of the tracks of tau-matched and of the other jets."""
+    values = signed_impact_parameters(*(data[c] for c in LIFETIME_INPUT_COLUMNS[:4]), data["cand_deta"], data["cand_dphi"], data["jet_eta"][:, None])
+    has_track = data[MASK_COLUMN].astype(bool) & (data["cand_d0err"] > 0) & (data["cand_dzerr"] > 0)
+    tau_jet = (data["label"] == 1)[:, None] & has_track
+    other_jet = (data["label"] != 1)[:, None] & has_track
+    summary: dict = {}
+    edges = np.linspace(*SIGNIFICANCE_RANGE, 2 * _N_BINS + 1)
+    for ax, name, title in ((axes[0], "signed_d0_significance", "$d_0$"), (axes[1], "signed_dz_significance", "$d_z$")):
+        summary[name] = {}
+        panel_title = f"Lifetime-signed {title} significance of tracks"
+        if not has_track.any():
+            no_data_panel(ax, panel_title, NO_TRACK_MESSAGE)
+            continue
+        for group, select, color in (("tau_jets", tau_jet, JET_COLORS["tau"]), ("other_jets", other_jet, JET_COLORS["all"])):
+            s = values[name][select]
+            if s.size == 0:
+                summary[name][group] = None
+                continue
+            above = float(np.mean(s > LIFETIME_TAIL))
+            summary[name][group] = {"tracks": int(s.size), "median": float(np.median(s)), "fraction_above_3": above}
+            counts, _ = np.histogram(np.clip(s, edges[0], edges[-1]), bins=edges)
+            label = f"{'τ-matched' if group == 'tau_jets' else 'other'} jets: {s.size} tracks, {100 * above:.0f}% > {LIFETIME_TAIL:g}"
+            hep.histplot(counts / s.size, edges, ax=ax, label=label, color=color, histtype="step", yerr=False, linewidth=1.6)
+        ax.set_yscale("log")
+        ax.yaxis.set_minor_formatter(NullFormatter())
+        ax.set(title=panel_title, xlabel=f"signed {title} / $\\sigma$ (edge bins: overflow)", ylabel="Fraction of tracks / bin")
+        ax.legend(loc="upper right")
     return summary
 
 
