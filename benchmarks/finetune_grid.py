@@ -16,6 +16,10 @@ must write bitwise the same run directories. The model is the paper's unless fla
 after 50). CUDA when present.
 
     python benchmarks/finetune_grid.py                                  # paper scale (a GPU)
+    python benchmarks/finetune_grid.py --val-jets 540000 --val-subset 50000 --test-jets 1000 --epochs 10 \\
+        --unfreeze-epoch 5 --batch-size 1024 --dim 16 --heads 2 --head-dim 16 --vocab 64 --max-length 10 \\
+        --pack-cells 3 --pack-jets 500 --threads 2      # the paper's training and validation sizes, a small
+                                                        # model: CPU, 12 minutes on 2 cores
     python benchmarks/finetune_grid.py --val-jets 54000 --val-subset 5000 --test-jets 1000 --epochs 10 \\
         --unfreeze-epoch 5 --batch-size 256 --dim 32 --heads 4 --head-dim 32 --vocab 64 --max-length 18 \\
         --pack-cells 3 --pack-jets 500 --threads 2                      # CPU, 10 minutes on 2 cores

@@ -54,3 +54,11 @@ def test_malformed_json_is_refused(tmp_path, capsys):
     assert "not valid JSON" in capsys.readouterr().err
 
 
+
+
+def test_embedding_probes_need_all_their_outputs(tmp_path, capsys):
+    args = ["embeddings", "--pretrained", "b.pt", "--finetuned-model", "m.pt", "--output", str(tmp_path / "e.npz"), "--figure-stem", str(tmp_path / "fig6")]
+    code = main([*args, "--probes-csv", str(tmp_path / "p.csv"), "shard.parquet"])
+    assert code != 0
+    assert "--probes-parquet" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []

@@ -298,15 +298,27 @@ def _cmd_paper_figures(args: argparse.Namespace) -> None:
 def _cmd_embeddings(args: argparse.Namespace) -> None:
     import numpy as np
 
-    from taufm.evaluate.embeddings import embed_tau_jets, plot_tsne
+    from taufm.evaluate.embeddings import embed_tau_jets, plot_probes, plot_tsne, probe_decay_modes
+    from taufm.evaluate.metrics import write_probes
     from taufm.io import atomic_output
 
+    probe_outputs = (args.probes_csv, args.probes_parquet, args.probes_figure_stem)
+    if any(probe_outputs) and not all(probe_outputs):
+        raise TaufmError("embeddings: give all of --probes-csv, --probes-parquet and --probes-figure-stem, or none")
     _set_threads(args.threads)
     result = embed_tau_jets(args.shards, args.pretrained, args.finetuned_model, max_jets=args.max_jets, seed=args.seed)
+    rows = None
+    if all(probe_outputs):  # computed before anything is written: a failing probe leaves no output
+        rows = probe_decay_modes(args.shards, args.pretrained, args.finetuned_model, result, train_jets=args.probe_train_jets, neighbours=args.probe_neighbours, seed=args.seed)
     with atomic_output(args.output) as tmp:
         with open(tmp, "wb") as handle:
             np.savez_compressed(handle, **result)
     log.info("fig. 6: %s", plot_tsne(result, args.figure_stem))
+    if rows is not None:
+        write_probes(rows, args.probes_csv, args.probes_parquet)
+        plot_probes(rows, args.probes_figure_stem)
+        for row in rows:
+            log.info("probe %s on the %s backbone: accuracy %.3f ± %.3f (majority %.3f)", row["probe"], row["backbone_stage"], row["accuracy"], row["accuracy_error"], row["majority_fraction"])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -449,13 +461,18 @@ def build_parser() -> argparse.ArgumentParser:
     pf.add_argument("runs", nargs="+", help="metrics_details.json of every run of the grid (Fig. 5 draws those at --size)")
     pf.set_defaults(func=_cmd_paper_figures)
 
-    em = sub.add_parser("embeddings", help="Fig. 6: t-SNE of backbone jet embeddings (untrained, pretrained, fine-tuned)")
+    em = sub.add_parser("embeddings", help="Fig. 6: t-SNE of backbone jet embeddings (untrained, pretrained, fine-tuned), and probes of them")
     em.add_argument("--pretrained", required=True)
     em.add_argument("--finetuned-model", required=True, help="model.pt of a fine-tuning run")
     em.add_argument("--output", required=True, help=".npz with embeddings, t-SNE coordinates and decay modes")
     em.add_argument("--figure-stem", required=True)
     em.add_argument("--max-jets", type=_positive_int, default=4096)
     em.add_argument("--seed", type=int, default=0)
+    em.add_argument("--probes-csv", help="decay-mode probes of the embeddings (linear, kNN) as CSV ...")
+    em.add_argument("--probes-parquet", help="... and Parquet")
+    em.add_argument("--probes-figure-stem", help="... and their figure (.png, .pdf)")
+    em.add_argument("--probe-train-jets", type=_positive_int, default=4000, help="train-split tau jets the probes are fitted on")
+    em.add_argument("--probe-neighbours", type=_positive_int, default=15, help="k of the kNN probe")
     em.add_argument("--threads", type=_positive_int, default=None)
     em.add_argument("shards", nargs="+", help="token shards of the tau sample")
     em.set_defaults(func=_cmd_embeddings)

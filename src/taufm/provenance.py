@@ -48,7 +48,7 @@ STAGE_ENTRY_MODULES: Mapping[str, tuple[str, ...]] = {
     "finetune": ("taufm.finetune.train",),
     "metrics": ("taufm.evaluate.metrics",),
     "figures": ("taufm.plots.paper_figures", "taufm.plots.training"),
-    "embeddings": ("taufm.evaluate.embeddings",),
+    "embeddings": ("taufm.evaluate.embeddings", "taufm.evaluate.metrics"),  # metrics: the probe table writer
 }
 # Modules that record what ran but never change a result: outside every stage's hash.
 NOT_RESULT_MODULES = ("taufm.provenance", "taufm.cli")

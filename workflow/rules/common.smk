@@ -197,4 +197,5 @@ if "decay_mode" not in FINETUNE["grid"]["tasks"] or "finetune" not in FINETUNE["
 
 def all_evaluation_outputs():
     stems = ("fig4_validation_loss", "fig5_physics", "fig6_tsne", "fig7_ablations")
-    return [result("metrics.csv"), result("figures/summary_table.md")] + [result(f"figures/{s}.{e}") for s in stems for e in ("png", "pdf")]
+    probes = [result("embedding_probes.csv"), result("figures/embedding_probes.png"), result("figures/embedding_probes.pdf")]
+    return [result("metrics.csv"), result("figures/summary_table.md"), *probes] + [result(f"figures/{s}.{e}") for s in stems for e in ("png", "pdf")]

@@ -92,7 +92,8 @@ rule paper_figures:
 
 rule embeddings:
     """Fig. 6: backbone jet embeddings of tau jets (untrained, pretrained, fine-tuned on decay
-    modes), mapped to 2-D with t-SNE and coloured by true decay mode."""
+    modes), mapped to 2-D with t-SNE and coloured by true decay mode; and the same embeddings'
+    decay-mode accuracy under a linear probe and a kNN probe (a table and a figure)."""
     input:
         shards=lambda wildcards: [str(paths.tokenized_ee(RESULTS, "Z_Ztautau", i)) for i in range(len(future_inputs("Z_Ztautau")))],
         pretrained=result(f"{paths.PRETRAIN_DIR}/backbone_best.pt"),
@@ -101,10 +102,17 @@ rule embeddings:
         embeddings=result("embeddings/tau_jet_embeddings.npz"),
         figure=report(result("figures/fig6_tsne.png"), caption="../report/fig6.rst", category="Paper figures"),
         pdf=result("figures/fig6_tsne.pdf"),
+        probes_csv=result("embedding_probes.csv"),
+        probes_parquet=result("embedding_probes.parquet"),
+        probes_figure=report(result("figures/embedding_probes.png"), caption="../report/embedding_probes.rst", category="Paper figures"),
+        probes_pdf=result("figures/embedding_probes.pdf"),
     params:
         code=CODE["embeddings"],
         stem=lambda wildcards, output: str(Path(output.pdf).with_suffix("")),
+        probes_stem=lambda wildcards, output: str(Path(output.probes_pdf).with_suffix("")),
         max_jets=EVALUATE["tsne_jets"],
+        probe_train_jets=EVALUATE["probe_train_jets"],
+        probe_neighbours=EVALUATE["probe_neighbours"],
     log:
         result(paths.LOGS.format(stage="figures", name="embeddings")),
     conda:
@@ -116,4 +124,6 @@ rule embeddings:
     shell:
         "taufm embeddings --pretrained {input.pretrained:q} --finetuned-model {input.finetuned:q}"
         " --output {output.embeddings:q} --figure-stem {params.stem:q} --max-jets {params.max_jets:q}"
+        " --probes-csv {output.probes_csv:q} --probes-parquet {output.probes_parquet:q} --probes-figure-stem {params.probes_stem:q}"
+        " --probe-train-jets {params.probe_train_jets:q} --probe-neighbours {params.probe_neighbours:q}"
         " --threads {threads} {input.shards:q} 2> {log:q}"

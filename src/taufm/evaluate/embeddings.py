@@ -3,10 +3,17 @@
 A jet's embedding is the mean of the backbone's outputs over the jet's real tokens. The three
 backbones share one architecture: fresh weights (seeded), the pretrained checkpoint, and the
 backbone of a fine-tuning run. t-SNE (scikit-learn) maps each set to two dimensions.
+
+What the picture suggests is also put in numbers (:func:`probe_decay_modes`): two probes of the
+frozen embeddings, a linear one (a standardised multinomial logistic regression) and a kNN
+classifier, are fitted to the decay modes of tau jets of the train split and scored on the test
+split's tau jets that the t-SNE shows: accuracy (with its binomial standard error), balanced
+accuracy, and the majority class's share as the floor a probe must beat.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -44,6 +51,15 @@ def jet_embeddings(backbone: GPTBackbone, tokens: np.ndarray, mask: np.ndarray, 
     return np.concatenate(out) if out else np.zeros((0, backbone.config.dim), dtype=np.float32)
 
 
+def load_backbones(pretrained: str | Path, finetuned_model: str | Path, seed: int = 0) -> dict[str, GPTBackbone]:
+    """The three backbones of :data:`STAGES`: fresh weights drawn with ``seed``, the pretrained
+    checkpoint, and the backbone of the fine-tuning run's ``model.pt``."""
+    pretrained_backbone = load_backbone(pretrained)
+    config = pretrained_backbone.config
+    torch.manual_seed(seed)
+    return {"untrained": GPTBackbone(config), "pretrained": pretrained_backbone, "fine-tuned": _finetuned_backbone(Path(finetuned_model), config)}
+
+
 def embed_tau_jets(
     shards: Sequence[str | Path], pretrained: str | Path, finetuned_model: str | Path, max_jets: int = 4096, seed: int = 0, split: str = "test"
 ) -> dict[str, np.ndarray]:
@@ -57,10 +73,8 @@ def embed_tau_jets(
         raise TaufmError("no tau jets in the " + split + " split of: " + ", ".join(map(str, shards)))
     taus = np.sort(np.random.default_rng(seed).permutation(taus)[:max_jets])
     tokens, mask = table["tokens"][taus], table["token_mask"][taus]
-    pretrained_backbone = load_backbone(pretrained)
-    config = pretrained_backbone.config
-    torch.manual_seed(seed)
-    backbones = {"untrained": GPTBackbone(config), "pretrained": pretrained_backbone, "fine-tuned": _finetuned_backbone(Path(finetuned_model), config)}
+    backbones = load_backbones(pretrained, finetuned_model, seed)
+    config = backbones["pretrained"].config
     out: dict[str, np.ndarray] = {"decay_mode": table["decay_mode"][taus].astype(np.int8)}
     perplexity = float(min(30.0, max(2.0, (len(taus) - 1) / 3)))
     for stage, backbone in backbones.items():
@@ -91,3 +105,87 @@ def plot_tsne(result: dict[str, np.ndarray], output_stem: str | Path) -> dict:
         axes[0][0].legend(markerscale=4, fontsize="small", title="true decay mode")
         save_figure(fig, output_stem)
     return {"jets": int(len(result["decay_mode"])), "decay_modes": {n: int((result["decay_mode"] == i).sum()) for i, n in enumerate(DECAY_MODE_NAMES)}}
+
+
+PROBES = ("logistic_regression", "knn")
+
+
+def _probe(name: str, neighbours: int, seed: int):
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.neighbors import KNeighborsClassifier
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    if name == "logistic_regression":
+        return make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, random_state=seed))
+    return make_pipeline(StandardScaler(), KNeighborsClassifier(n_neighbors=neighbours))
+
+
+def probe_decay_modes(
+    shards: Sequence[str | Path],
+    pretrained: str | Path,
+    finetuned_model: str | Path,
+    test: dict[str, np.ndarray],
+    train_jets: int = 4000,
+    neighbours: int = 15,
+    seed: int = 0,
+) -> list[dict]:
+    """Probe rows (one per backbone stage and probe): fitted on the embeddings of up to
+    ``train_jets`` tau jets of the train split of ``shards``, scored on ``test``, the result of
+    :func:`embed_tau_jets` (its ``embedding_<stage>`` and ``decay_mode``)."""
+    from sklearn.metrics import accuracy_score, balanced_accuracy_score
+
+    table = read_shards(shards, ["tokens", "token_mask", "label", "decay_mode"], split="train")
+    taus = np.flatnonzero(table["label"] == 1)
+    if len(taus) == 0:
+        raise TaufmError("no tau jets in the train split of: " + ", ".join(map(str, shards)))
+    taus = np.sort(np.random.default_rng(seed).permutation(taus)[:train_jets])
+    y_train = table["decay_mode"][taus].astype(np.int64)
+    y_test = np.asarray(test["decay_mode"], dtype=np.int64)
+    if len(np.unique(y_train)) < 2:
+        raise TaufmError(f"the {len(taus)} training tau jets of the probes hold one decay mode only: nothing to classify")
+    neighbours = min(neighbours, len(taus))
+    majority = float(np.mean(y_test == np.bincount(y_train).argmax()))
+    backbones = load_backbones(pretrained, finetuned_model, seed)
+    length = backbones["pretrained"].config.max_length
+    rows = []
+    for stage, backbone in backbones.items():
+        x_train = jet_embeddings(backbone, table["tokens"][taus][:, :length], table["token_mask"][taus][:, :length])
+        x_test = test[f"embedding_{stage}"]
+        for name in PROBES:
+            predicted = _probe(name, neighbours, seed).fit(x_train, y_train).predict(x_test)
+            accuracy = float(accuracy_score(y_test, predicted))
+            rows.append(
+                {
+                    "backbone_stage": stage,
+                    "probe": name,
+                    "accuracy": accuracy,
+                    "accuracy_error": math.sqrt(accuracy * (1 - accuracy) / len(y_test)),
+                    "balanced_accuracy": float(balanced_accuracy_score(y_test, predicted)),
+                    "majority_fraction": majority,
+                    "train_jets": int(len(taus)),
+                    "test_jets": int(len(y_test)),
+                    "neighbours": neighbours if name == "knn" else None,
+                }
+            )
+    return rows
+
+
+def plot_probes(rows: Sequence[dict], output_stem: str | Path) -> None:
+    """Probe accuracy per backbone stage (bars with binomial errors), the majority share dashed."""
+    from taufm.plots.style import new_figure, save_figure, taufm_style
+
+    labels = {"logistic_regression": "linear probe (logistic regression)", "knn": "kNN"}
+    with taufm_style():
+        fig, axes = new_figure(1, 1)
+        ax = axes[0][0]
+        width = 0.8 / len(PROBES)
+        for i, name in enumerate(PROBES):
+            chosen = {r["backbone_stage"]: r for r in rows if r["probe"] == name}
+            x = np.arange(len(STAGES)) + (i - (len(PROBES) - 1) / 2) * width
+            ax.bar(x, [chosen[s]["accuracy"] for s in STAGES], width, yerr=[chosen[s]["accuracy_error"] for s in STAGES], capsize=3, label=labels[name])
+        ax.axhline(rows[0]["majority_fraction"], color="black", linestyle="--", linewidth=1, label="majority decay mode")
+        ax.set_xticks(np.arange(len(STAGES)), [f"{s} backbone" for s in STAGES])
+        ax.set(ylabel="Decay-mode accuracy (test tau jets)", ylim=(0, 1), title=f"Probes of frozen jet embeddings ({rows[0]['train_jets']} training jets)")
+        ax.legend(loc="upper left")
+        save_figure(fig, output_stem)

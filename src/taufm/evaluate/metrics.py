@@ -83,9 +83,11 @@ _KEY_TYPES = {
     "statistic": pa.string(),
     "n_seeds": pa.int64(),
     "test_sample": pa.string(),
+    "neighbours": pa.int64(),  # null for the probes that have none
 }
 STATISTICS = ("value", "mean", "std")
 GRID_COST_KEYS = ("stage", "task", "strategy", "size")  # leading columns of grid_cost
+PROBE_KEYS = ("backbone_stage", "probe")  # leading columns of the embedding probes
 COMPARISON_KEYS = ("task", "size", "test_sample", "metric", "strategy_a", "strategy_b")  # leading columns of compare_strategies
 RUN_COLUMNS = ("n_jets", "best_val_loss", "best_epoch")  # follow the keys in the table, before the metrics
 # What a run cost (its summary.json), after the metrics: repeated on each test sample's row.
@@ -825,6 +827,12 @@ def write_comparisons(rows: Sequence[Mapping], csv_path: str | os.PathLike[str],
     """The rows of :func:`compare_strategies` as a table (CSV and Parquet, like :func:`write_table`),
     :data:`COMPARISON_KEYS` first. No rows (no pair of strategies ran) gives a table of the keys alone."""
     _write(_table(rows, COMPARISON_KEYS), csv_path, parquet_path)
+
+
+def write_probes(rows: Sequence[Mapping], csv_path: str | os.PathLike[str], parquet_path: str | os.PathLike[str]) -> None:
+    """The embedding probes of :func:`taufm.evaluate.embeddings.probe_decay_modes` as a table
+    (CSV and Parquet), :data:`PROBE_KEYS` first."""
+    _write(_table(rows, PROBE_KEYS), csv_path, parquet_path)
 
 
 def _write(table: pa.Table, csv_path: str | os.PathLike[str], parquet_path: str | os.PathLike[str]) -> None:
