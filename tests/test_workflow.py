@@ -14,6 +14,7 @@ import uproot
 import yaml
 
 from taufm import paths
+from taufm.finetune.packs import pack_families
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "workflow" / "presets" / "smoke.yaml"
@@ -238,8 +239,14 @@ def test_paper_preset_builds_the_full_grid(smoke_run, tmp_path):
     ablation_strategies = len(grid["ablations"]["unfreeze_epochs"]) + len(grid["ablations"]["n_blocks"]) + 2
     n_ablations = len(grid["ablations"]["tasks"]) * ablation_strategies * len(grid["ablations"]["seeds"])
     counts = {line.split()[0]: int(line.split()[1]) for line in proc.stdout.splitlines() if len(line.split()) == 2 and line.split()[1].isdigit()}
-    assert counts["finetune"] == n_grid + n_ablations
-    assert counts["pretrain"] == 1 and counts["train_tokenizer"] == 1
+    # config.yaml packs the seeds of the small cells (finetune.pack), the preset keeps that: each
+    # pack job trains cells_per_job cells, every other cell is its own finetune job.
+    packing = yaml.safe_load((ROOT / "config.yaml").read_text())["finetune"]["pack"]
+    per_job = {family.rule: family.cells_per_job for family in pack_families({**grid, "pack": packing})}
+    assert per_job, "the paper preset packs its small cells"
+    planned_cells = counts["finetune"] + sum(counts.get(rule, 0) * n for rule, n in per_job.items())
+    assert planned_cells == n_grid + n_ablations
+    assert counts["finetune_pack"] > 0 and counts["pretrain"] == 1 and counts["train_tokenizer"] == 1
 
 
 def _planned_jobs(smoke_run, tmp_path, change: dict) -> set[str]:
