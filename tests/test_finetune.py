@@ -188,10 +188,11 @@ def test_fig6_embeddings_of_three_backbones(world, tmp_path):
         embed_tau_jets(shards["Z_Ztautau"], backbone, tmp_path / "part" / "model.pt", max_jets=10)
 
     # The probes of the same embeddings: every stage and probe, scored on the t-SNE's jets.
-    from taufm.evaluate.embeddings import PROBES, STAGES, plot_probes, probe_decay_modes
+    from taufm.evaluate.embeddings import PROBES, STAGES, load_backbones, plot_probes, probe_decay_modes
     from taufm.evaluate.metrics import write_probes
 
-    rows = probe_decay_modes(shards["Z_Ztautau"], backbone, tmp_path / "dm" / "model.pt", result, train_jets=120, neighbours=5, seed=0)
+    backbones = load_backbones(backbone, tmp_path / "dm" / "model.pt", seed=0)  # the ones embed_tau_jets drew (same seed)
+    rows = probe_decay_modes(shards["Z_Ztautau"], backbones, result, train_jets=120, neighbours=5, seed=0)
     assert [(r["backbone_stage"], r["probe"]) for r in rows] == [(s, p) for s in STAGES for p in PROBES]
     majority = np.mean(result["decay_mode"] == np.bincount(result["decay_mode"]).argmax())
     for row in rows:
@@ -199,7 +200,7 @@ def test_fig6_embeddings_of_three_backbones(world, tmp_path):
         assert 0 <= row["balanced_accuracy"] <= 1 and 0 <= row["accuracy"] <= 1
         assert row["accuracy_error"] == pytest.approx(np.sqrt(row["accuracy"] * (1 - row["accuracy"]) / n))
         assert row["majority_fraction"] <= majority + 1e-12  # the train split's majority mode, scored on the test jets
-    assert rows == probe_decay_modes(shards["Z_Ztautau"], backbone, tmp_path / "dm" / "model.pt", result, train_jets=120, neighbours=5, seed=0)
+    assert rows == probe_decay_modes(shards["Z_Ztautau"], backbones, result, train_jets=120, neighbours=5, seed=0)
     write_probes(rows, tmp_path / "probes.csv", tmp_path / "probes.parquet")
     header = (tmp_path / "probes.csv").read_text().splitlines()[0].split(",")
     assert header[:2] == ["backbone_stage", "probe"] and "accuracy" in header and "neighbours" in header
@@ -208,15 +209,16 @@ def test_fig6_embeddings_of_three_backbones(world, tmp_path):
 
 
 def test_embedding_probes_name_what_is_missing(world, tmp_path):
-    from taufm.evaluate.embeddings import embed_tau_jets, probe_decay_modes
+    from taufm.evaluate.embeddings import embed_tau_jets, load_backbones, probe_decay_modes
 
     _, shards, backbone = world
     run_finetune("decay_mode", "finetune-unfreeze0", 100, 0, shards, tmp_path / "dm", SETTINGS, backbone)
     result = embed_tau_jets(shards["Z_Ztautau"], backbone, tmp_path / "dm" / "model.pt", max_jets=20, seed=0)
+    backbones = load_backbones(backbone, tmp_path / "dm" / "model.pt")
     with pytest.raises(TaufmError, match="no tau jets in the train split of: .*qq_000.parquet"):
-        probe_decay_modes(shards["qq"], backbone, tmp_path / "dm" / "model.pt", result)
+        probe_decay_modes(shards["qq"], backbones, result)
     with pytest.raises(TaufmError, match="hold one decay mode only"):
-        probe_decay_modes(shards["Z_Ztautau"], backbone, tmp_path / "dm" / "model.pt", result, train_jets=1)
+        probe_decay_modes(shards["Z_Ztautau"], backbones, result, train_jets=1)
 
 
 def test_a_backbone_of_another_tokenizer_is_refused(world, tmp_path):

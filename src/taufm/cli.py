@@ -298,7 +298,7 @@ def _cmd_paper_figures(args: argparse.Namespace) -> None:
 def _cmd_embeddings(args: argparse.Namespace) -> None:
     import numpy as np
 
-    from taufm.evaluate.embeddings import embed_tau_jets, plot_probes, plot_tsne, probe_decay_modes
+    from taufm.evaluate.embeddings import embed_tau_jets, load_backbones, plot_probes, plot_tsne, probe_decay_modes
     from taufm.evaluate.metrics import write_probes
     from taufm.io import atomic_output
 
@@ -306,10 +306,11 @@ def _cmd_embeddings(args: argparse.Namespace) -> None:
     if any(probe_outputs) and not all(probe_outputs):
         raise TaufmError("embeddings: give all of --probes-csv, --probes-parquet and --probes-figure-stem, or none")
     _set_threads(args.threads)
-    result = embed_tau_jets(args.shards, args.pretrained, args.finetuned_model, max_jets=args.max_jets, seed=args.seed)
+    backbones = load_backbones(args.pretrained, args.finetuned_model, args.seed)  # read once, for t-SNE and probes
+    result = embed_tau_jets(args.shards, args.pretrained, args.finetuned_model, max_jets=args.max_jets, seed=args.seed, backbones=backbones)
     rows = None
     if all(probe_outputs):  # computed before anything is written: a failing probe leaves no output
-        rows = probe_decay_modes(args.shards, args.pretrained, args.finetuned_model, result, train_jets=args.probe_train_jets, neighbours=args.probe_neighbours, seed=args.seed)
+        rows = probe_decay_modes(args.shards, backbones, result, train_jets=args.probe_train_jets, neighbours=args.probe_neighbours, seed=args.seed)
     with atomic_output(args.output) as tmp:
         with open(tmp, "wb") as handle:
             np.savez_compressed(handle, **result)

@@ -14,7 +14,7 @@ accuracy, and the majority class's share as the floor a probe must beat.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -61,7 +61,13 @@ def load_backbones(pretrained: str | Path, finetuned_model: str | Path, seed: in
 
 
 def embed_tau_jets(
-    shards: Sequence[str | Path], pretrained: str | Path, finetuned_model: str | Path, max_jets: int = 4096, seed: int = 0, split: str = "test"
+    shards: Sequence[str | Path],
+    pretrained: str | Path,
+    finetuned_model: str | Path,
+    max_jets: int = 4096,
+    seed: int = 0,
+    split: str = "test",
+    backbones: Mapping[str, GPTBackbone] | None = None,
 ) -> dict[str, np.ndarray]:
     """Embeddings of up to ``max_jets`` tau jets of ``shards`` under the three backbones, with
     their decay modes; plus the 2-D t-SNE of each."""
@@ -73,7 +79,7 @@ def embed_tau_jets(
         raise TaufmError("no tau jets in the " + split + " split of: " + ", ".join(map(str, shards)))
     taus = np.sort(np.random.default_rng(seed).permutation(taus)[:max_jets])
     tokens, mask = table["tokens"][taus], table["token_mask"][taus]
-    backbones = load_backbones(pretrained, finetuned_model, seed)
+    backbones = load_backbones(pretrained, finetuned_model, seed) if backbones is None else backbones
     config = backbones["pretrained"].config
     out: dict[str, np.ndarray] = {"decay_mode": table["decay_mode"][taus].astype(np.int8)}
     perplexity = float(min(30.0, max(2.0, (len(taus) - 1) / 3)))
@@ -123,14 +129,14 @@ def _probe(name: str, neighbours: int, seed: int):
 
 def probe_decay_modes(
     shards: Sequence[str | Path],
-    pretrained: str | Path,
-    finetuned_model: str | Path,
+    backbones: Mapping[str, GPTBackbone],
     test: dict[str, np.ndarray],
     train_jets: int = 4000,
     neighbours: int = 15,
     seed: int = 0,
 ) -> list[dict]:
-    """Probe rows (one per backbone stage and probe): fitted on the embeddings of up to
+    """Probe rows (one per backbone stage and probe): fitted on the embeddings, under
+    ``backbones`` (:func:`load_backbones`, the ones ``test`` was embedded with), of up to
     ``train_jets`` tau jets of the train split of ``shards``, scored on ``test``, the result of
     :func:`embed_tau_jets` (its ``embedding_<stage>`` and ``decay_mode``)."""
     from sklearn.metrics import accuracy_score, balanced_accuracy_score
@@ -146,7 +152,6 @@ def probe_decay_modes(
         raise TaufmError(f"the {len(taus)} training tau jets of the probes hold one decay mode only: nothing to classify")
     neighbours = min(neighbours, len(taus))
     majority = float(np.mean(y_test == np.bincount(y_train).argmax()))
-    backbones = load_backbones(pretrained, finetuned_model, seed)
     length = backbones["pretrained"].config.max_length
     rows = []
     for stage, backbone in backbones.items():

@@ -441,7 +441,8 @@ def _train_cell(
     train = {k: v[subset] for k, v in jets.train.items()}
     model = build_model(task, strategy, settings, checkpoint, seed).to(device)
 
-    x_train, m_train = model_inputs(strategy, train, part_settings(settings)[1])
+    input_set = part_settings(settings)[1]  # the ParT's inputs (backbone strategies read tokens)
+    x_train, m_train = model_inputs(strategy, train, input_set)
     x_val, m_val = jets.val_inputs
     y_train, y_val = torch.from_numpy(train["target"]), torch.from_numpy(jets.val["target"])
     # Each epoch is judged on the validation subset; the kept model once on the whole set.
@@ -592,7 +593,7 @@ def _train_cell(
     save_checkpoint(output_dir / "model.pt", {"config": {**resolved, "settings_hash": config_hash(resolved)}, "model": best_state, "best": kept})
     with ShardWriter(output_dir / "predictions.parquet") as writer:
         for sample, data in jets.tests.items():
-            x, m = model_inputs(strategy, data, part_settings(settings)[1])
+            x, m = model_inputs(strategy, data, input_set)
             outputs = evaluate_outputs(model, x, m, settings.batch_size, device)
             keep = ("sample", "event", "jet_index", "label", "decay_mode", "jet_pt", "jet_eta", "gen_tau_vis_pt", "target")
             writer.write({**{k: data[k] for k in keep}, **predict(task, outputs, data)})
