@@ -199,11 +199,11 @@ def _jets(sample: str, n: int, **columns) -> dict[str, list]:
     return {**base, **columns}
 
 
-def _write_run(run_dir: Path, task: str, parts: list[dict], seed: int = 1, losses=(0.5, 0.3, 0.4)) -> Path:
+def _write_run(run_dir: Path, task: str, parts: list[dict], seed: int = 1, losses=(0.5, 0.3, 0.4), strategy: str = "finetune", **summary_keys) -> Path:
     run_dir.mkdir(parents=True)
     table = {k: sum((p[k] for p in parts), []) for k in parts[0]}
     pq.write_table(pa.table(table), run_dir / "predictions.parquet")
-    summary = {"task": task, "strategy": "fine-tune", "size": 1000, "seed": seed, "best_epoch": 1}
+    summary = {"task": task, "strategy": strategy, "size": 1000, "seed": seed, "best_epoch": 1, **summary_keys}
     (run_dir / "summary.json").write_text(json.dumps(summary))
     _write_history(run_dir / "history.csv", losses)
     return run_dir
@@ -220,9 +220,11 @@ def test_run_metrics_tau_id(tmp_path):
     rows = m.run_metrics(_tau_id_run(tmp_path / "run"))
     assert [r["test_sample"] for r in rows] == ["Z_Ztautau", "ZH_Htautau", "qq"]
     ztt, zh, qq = rows
-    assert {k: ztt[k] for k in ("task", "strategy", "size", "seed", "n_jets", "best_val_loss", "best_epoch")} == {
+    assert {k: ztt[k] for k in ("task", "strategy", "backbone", "inputs", "size", "seed", "n_jets", "best_val_loss", "best_epoch")} == {
         "task": "tau_id",
-        "strategy": "fine-tune",
+        "strategy": "finetune",
+        "backbone": "tokens-ntp",  # a summary without backbone_name: the name's default backbone
+        "inputs": "paper",
         "size": 1000,
         "seed": 1,
         "n_jets": 5,
@@ -236,7 +238,7 @@ def test_run_metrics_tau_id(tmp_path):
     assert zh["auc"] == 1.0 and zh["misid_at_80"] == 0.0 and zh["n_jets"] == 2
     assert qq["n_jets"] == 5 and (qq["n_signal"], qq["n_background"]) == (0, 5)
     assert math.isnan(qq["auc"]) and math.isnan(qq["misid_at_80"])
-    assert list(ztt)[:8] == ["task", "strategy", "size", "seed", "test_sample", "n_jets", "best_val_loss", "best_epoch"]
+    assert list(ztt)[:10] == ["task", "strategy", "backbone", "inputs", "size", "seed", "test_sample", "n_jets", "best_val_loss", "best_epoch"]
 
 
 def test_run_metrics_tau_id_without_background_gives_nan(tmp_path):
@@ -294,9 +296,48 @@ def test_run_metrics_file_problems_name_the_file(tmp_path):
     (run / "summary.json").write_text(json.dumps({"task": "tau_id", "strategy": "x", "size": 10}))
     with pytest.raises(TaufmError, match=r"summary\.json.*seed"):
         m.run_metrics(run)
-    (run / "summary.json").write_text(json.dumps({"task": "nope", "strategy": "x", "size": 10, "seed": 0}))
+    (run / "summary.json").write_text(json.dumps({"task": "nope", "strategy": "scratch", "size": 10, "seed": 0}))
     with pytest.raises(TaufmError, match="unknown task"):
         m.run_metrics(run)
+
+
+def _pt_run(run_dir: Path, strategy: str, **summary_keys) -> Path:
+    ztt = _jets("Z_Ztautau", 3, gen_tau_vis_pt=[10.0] * 3, pred_pt=[9.0, 10.0, 12.0])
+    return _write_run(run_dir, "pt_regression", [ztt], strategy=strategy, **summary_keys)
+
+
+@pytest.mark.parametrize(
+    ("strategy", "summary_keys", "backbone", "inputs"),
+    [
+        # Summaries that say it: taken as they are (the ParT's configured input set is not in its name).
+        ("fixed@continuous-mpm+lifetime", {"backbone_name": "continuous-mpm", "inputs": "paper+lifetime"}, "continuous-mpm", "paper+lifetime"),
+        ("part", {"backbone_name": None, "inputs": "paper+lifetime"}, None, "paper+lifetime"),
+        ("finetune", {"backbone_name": "tokens-ntp", "inputs": "paper"}, "tokens-ntp", "paper"),
+        # Summaries of an older taufm, without the keys: read off the strategy name.
+        ("fixed@continuous-mpm+lifetime", {}, "continuous-mpm", "paper+lifetime"),
+        ("part", {}, None, "paper"),
+        ("part+lifetime", {}, None, "paper+lifetime"),
+        ("finetune", {}, "tokens-ntp", "paper"),
+        ("finetune-blocks1@continuous-mpm", {"inputs": "paper"}, "continuous-mpm", "paper"),  # one key missing
+    ],
+)
+def test_run_rows_name_the_backbone_and_input_set(tmp_path, strategy, summary_keys, backbone, inputs):
+    (row,) = m.run_metrics(_pt_run(tmp_path / "run", strategy, **summary_keys), n_bootstrap=0)
+    assert (row["strategy"], row["backbone"], row["inputs"]) == (strategy, backbone, inputs)
+    assert list(row)[:4] == ["task", "strategy", "backbone", "inputs"]
+
+
+@pytest.mark.parametrize(
+    ("strategy", "summary_keys", "message"),
+    [
+        ("finetune", {"backbone_name": 3, "inputs": "paper"}, r"summary\.json: backbone_name must be a backbone's name or null, got 3"),
+        ("finetune", {"backbone_name": "tokens-ntp", "inputs": ""}, r"summary\.json: inputs must be an input set's name, got ''"),
+        ("fine-tune", {}, r"summary\.json: no 'backbone_name', and the strategy name does not say it: unknown strategy 'fine-tune'"),
+    ],
+)
+def test_bad_backbone_or_inputs_in_a_summary_name_the_file_and_key(tmp_path, strategy, summary_keys, message):
+    with pytest.raises(TaufmError, match=message):
+        m.run_metrics(_pt_run(tmp_path / "run", strategy, **summary_keys), n_bootstrap=0)
 
 
 # --- aggregation and the table ---------------------------------------------------------------
@@ -333,6 +374,49 @@ def test_aggregate_means_and_stds_over_seeds():
         m.aggregate([_row(1, auc=0.5), _row(1, auc=0.6)])
 
 
+def test_summary_rows_carry_the_groups_backbone_and_inputs():
+    def run(strategy, seed, backbone, inputs, auc):
+        return {**_row(seed, auc=auc), "strategy": strategy, "backbone": backbone, "inputs": inputs}
+
+    rows = [
+        run("fixed@continuous-mpm+lifetime", 0, "continuous-mpm", "paper+lifetime", 0.8),
+        run("fixed@continuous-mpm+lifetime", 1, "continuous-mpm", "paper+lifetime", 0.9),
+        run("part", 0, None, "paper", 0.7),
+    ]
+    out = m.aggregate(rows)
+    described = [(r["strategy"], r["statistic"], r["backbone"], r["inputs"]) for r in out]
+    assert described == [
+        ("fixed@continuous-mpm+lifetime", "value", "continuous-mpm", "paper+lifetime"),
+        ("fixed@continuous-mpm+lifetime", "value", "continuous-mpm", "paper+lifetime"),
+        ("fixed@continuous-mpm+lifetime", "mean", "continuous-mpm", "paper+lifetime"),
+        ("fixed@continuous-mpm+lifetime", "std", "continuous-mpm", "paper+lifetime"),
+        ("part", "value", None, "paper"),
+        ("part", "mean", None, "paper"),
+        ("part", "std", None, "paper"),
+    ]
+    assert out[2]["auc"] == pytest.approx(0.85) and out[3]["auc"] == pytest.approx(0.05)
+    assert list(out[2])[:4] == ["task", "strategy", "backbone", "inputs"]
+    assert m.aggregate([_row(1, auc=0.5)])[1]["backbone"] is None  # rows without the columns: None
+    with pytest.raises(TaufmError, match=r"strategy part, size 1000, sample Z_Ztautau disagree on inputs: 'paper', 'paper\+lifetime'"):
+        m.aggregate([run("part", 0, None, "paper", 0.7), run("part", 1, None, "paper+lifetime", 0.7)])
+
+
+def test_table_of_runs_on_two_backbones_has_the_strategy_columns(tmp_path):
+    rows = [
+        *m.run_metrics(_pt_run(tmp_path / "a", "finetune@continuous-mpm+lifetime"), n_bootstrap=0),
+        *m.run_metrics(_pt_run(tmp_path / "b", "part", backbone_name=None, inputs="paper"), n_bootstrap=0),
+    ]
+    m.write_table(m.aggregate(rows), tmp_path / "t.csv", tmp_path / "t.parquet")
+    table = pq.read_table(tmp_path / "t.parquet")
+    assert table.column_names[:9] == ["task", "strategy", "backbone", "inputs", "size", "seed", "statistic", "n_seeds", "test_sample"]
+    assert table.schema.field("backbone").type == pa.string() and table.schema.field("inputs").type == pa.string()
+    assert table.column("backbone").to_pylist() == ["continuous-mpm"] * 3 + [None] * 3
+    assert table.column("inputs").to_pylist() == ["paper+lifetime"] * 3 + ["paper"] * 3
+    with open(tmp_path / "t.csv", newline="") as handle:
+        records = list(csv.DictReader(handle))
+    assert [(r["backbone"], r["inputs"]) for r in records] == [("continuous-mpm", "paper+lifetime")] * 3 + [("", "paper")] * 3
+
+
 def _same(a, b) -> bool:
     if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
         return True
@@ -344,7 +428,7 @@ def test_write_table_round_trips(tmp_path):
     csv_path, parquet_path = tmp_path / "out" / "metrics.csv", tmp_path / "out" / "metrics.parquet"
     m.write_table(rows, csv_path, parquet_path)
     table = pq.read_table(parquet_path)
-    assert table.column_names[:7] == list(m.TABLE_KEYS)
+    assert table.column_names[: len(m.TABLE_KEYS)] == list(m.TABLE_KEYS)
     assert table.schema.field("seed").type == pa.int64() and table.schema.field("auc").type == pa.float64()
     records = table.to_pylist()
     assert len(records) == len(rows)
@@ -372,5 +456,5 @@ def test_write_table_of_run_metrics(tmp_path):
     m.write_table(m.aggregate(rows), tmp_path / "t.csv", tmp_path / "t.parquet")
     table = pq.read_table(tmp_path / "t.parquet")
     assert table.num_rows == 3 * 3
-    assert table.column_names[:10] == [*m.TABLE_KEYS, "n_jets", "best_val_loss", "best_epoch"]
+    assert table.column_names[:12] == [*m.TABLE_KEYS, "n_jets", "best_val_loss", "best_epoch"]
     assert set(table.column("statistic").to_pylist()) == {"value", "mean", "std"}

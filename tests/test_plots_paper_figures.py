@@ -1,4 +1,4 @@
-"""Paper figures 4, 5, 7 and the headline table: numbers drawn, files written, clear errors."""
+"""Paper figures 4, 5, 7, Fig. 8 (backbones) and the headline table: numbers drawn, files written, clear errors."""
 
 from __future__ import annotations
 
@@ -15,10 +15,11 @@ import pytest
 from sklearn.metrics import roc_auc_score, roc_curve
 
 from taufm.errors import TaufmError
-from taufm.evaluate.metrics import DETAILS_FILE, evaluate_run, misid_at_efficiencies
+from taufm.evaluate.metrics import DETAILS_FILE, aggregate, evaluate_run, misid_at_efficiencies
 from taufm.physics.tau import DECAY_MODE_NAMES
 from taufm.plots import paper_figures
-from taufm.plots.paper_figures import fig4_validation_loss, fig5_physics, fig7_ablations, runs_from_details, summary_table
+from taufm.plots.paper_figures import fig4_validation_loss, fig5_physics, fig7_ablations, fig8_backbones, runs_from_details, summary_table
+from taufm.plots.style import STRATEGY_COLORS
 
 TASKS = ("tau_id", "pt_regression", "decay_mode")
 STRATEGIES = ("scratch", "fixed", "finetune", "part")
@@ -219,13 +220,15 @@ def _without_number(figure):
     ],
     ids=["no-number", "no-seed", "no-task", "unknown-task", "string-value", "zero-size", "not-a-row", "not-a-table", "csv-strings"],
 )
-@pytest.mark.parametrize("figure", ["fig4", "fig7", "table"])
+@pytest.mark.parametrize("figure", ["fig4", "fig7", "fig8", "table"])
 def test_bad_rows_are_clear_errors_and_write_nothing(tmp_path, make_rows, message, figure):
     rows = make_rows(figure)
     out = tmp_path / "out"
     with pytest.raises(TaufmError, match=message):
         if figure == "fig4":
             fig4_validation_loss(rows, out / "fig4")
+        elif figure == "fig8":
+            fig8_backbones(rows, out / "fig8")
         elif figure == "fig7":
             fig7_ablations(rows, out / "fig7", ABLATION_SIZE, default_unfreeze_epoch=DEFAULT_UNFREEZE, n_blocks_total=N_BLOCKS)
         else:
@@ -562,6 +565,161 @@ def test_fig7_bad_arguments(tmp_path):
     with pytest.raises(TaufmError, match="default_unfreeze_epoch"):
         fig7_ablations(_rows(), tmp_path / "fig7", ABLATION_SIZE, default_unfreeze_epoch=-1, n_blocks_total=3)
     assert _outputs(tmp_path) == []
+
+
+# --- Fig. 8 ------------------------------------------------------------------------------------
+
+# Strategies of the backbone table: (label drawn, backbone, inputs, loss and metric factor).
+FIG8_STRATEGIES = {
+    "scratch": ("From scratch (tokens-ntp)", "tokens-ntp", "paper", 1.3),
+    "fixed": ("Fixed backbone (tokens-ntp)", "tokens-ntp", "paper", 1.5),
+    "fixed@continuous-mpm": ("Fixed backbone (continuous-mpm)", "continuous-mpm", "paper", 1.4),
+    "finetune": ("Fine-tuned backbone (tokens-ntp)", "tokens-ntp", "paper", 1.0),
+    "finetune+lifetime": ("Fine-tuned backbone (tokens-ntp) + lifetime", "tokens-ntp", "paper+lifetime", 0.8),
+    "finetune@continuous-mpm": ("Fine-tuned backbone (continuous-mpm)", "continuous-mpm", "paper", 0.9),
+    "finetune@continuous-mpm+lifetime": ("Fine-tuned backbone (continuous-mpm) + lifetime", "continuous-mpm", "paper+lifetime", 0.7),
+    "part": ("ParT (baseline)", None, "paper", 1.2),
+    "part+lifetime": ("ParT (baseline) + lifetime", None, "paper+lifetime", 1.1),
+}
+FIG8_METRIC_BASE = {"tau_id": ("misid_at_80", 0.03), "pt_regression": ("resolution_iqr_over_median", 0.1), "decay_mode": ("auc_weighted", 0.5)}
+FIG8_SEED_STEP = 0.01  # metric: base × factor + step × seed on Z_Ztautau (ZH: +1, never drawn)
+
+
+def _fig8_value(task, strategy, size, seed):
+    _, base = FIG8_METRIC_BASE[task]
+    return base * FIG8_STRATEGIES[strategy][3] * SIZE_FACTOR[size] + FIG8_SEED_STEP * seed
+
+
+def _fig8_loss(task, strategy, size, seed):
+    return TASK_SCALE[task] * FIG8_STRATEGIES[strategy][3] * SIZE_FACTOR[size] + SEED_OFFSET * seed
+
+
+def _fig8_rows(strategies=tuple(FIG8_STRATEGIES), seeds=SEEDS, with_columns=True):
+    """The aggregated metrics table of two backbones and two input sets (and an ablation, not drawn)."""
+    rows = []
+    for task in TASKS:
+        key, _ = FIG8_METRIC_BASE[task]
+        for strategy in (*strategies, "finetune-blocks1@continuous-mpm"):
+            _, backbone, inputs, _ = FIG8_STRATEGIES.get(strategy, (None, "continuous-mpm", "paper", 5.0))
+            for size in SIZES:
+                for seed in seeds:
+                    for sample, offset in (("Z_Ztautau", 0.0), ("ZH_Htautau", 1.0)):
+                        known = strategy in FIG8_STRATEGIES
+                        row = {"task": task, "strategy": strategy, "size": size, "seed": seed, "test_sample": sample}
+                        if with_columns:
+                            row |= {"backbone": backbone, "inputs": inputs}
+                        row["best_val_loss"] = _fig8_loss(task, strategy, size, seed) if known else 9.0
+                        row[key] = (_fig8_value(task, strategy, size, seed) if known else 9.0) + offset
+                        rows.append(row)
+    return aggregate(rows)
+
+
+def _line_styles(fig):
+    return {line.get_label(): (line.get_color(), line.get_linestyle(), line.get_marker()) for ax in fig.axes for line in ax.get_lines()}
+
+
+def test_fig8_two_backbones_and_two_input_sets(tmp_path):
+    stem = tmp_path / "figs" / "fig8_backbones"
+    summary = fig8_backbones(_fig8_rows(), stem)
+
+    _check_figure_files(stem)
+    assert _outputs(stem.parent) == ["fig8_backbones.pdf", "fig8_backbones.png"]
+    assert list(summary) == ["best_val_loss", "misid_at_80", "resolution_iqr_over_median", "auc_weighted"]
+    labels = [label for label, *_ in FIG8_STRATEGIES.values()]  # drawing order; the ablation is left out
+    for task in TASKS:
+        key, _ = FIG8_METRIC_BASE[task]
+        assert list(summary[key]) == [task]
+        for quantity, value in (("best_val_loss", _fig8_loss), (key, _fig8_value)):
+            lines = summary[quantity][task]
+            assert list(lines) == labels
+            for strategy, (label, backbone, inputs, _) in FIG8_STRATEGIES.items():
+                line = lines[label]
+                assert (line["strategy"], line["backbone"], line["inputs"]) == (strategy, backbone, inputs)
+                assert line["size"] == list(SIZES) and line["n_seeds"] == [2, 2]
+                for i, size in enumerate(SIZES):
+                    mean, std = _mean_std([value(task, strategy, size, seed) for seed in SEEDS])
+                    assert line["mean"][i] == pytest.approx(mean)
+                    assert line["std"][i] == pytest.approx(std)
+    # By hand: misID of finetune@continuous-mpm+lifetime at 10^4 jets: 0.021 and 0.031 (Z_Ztautau
+    # only; the ZH rows are 1 higher) -> mean 0.026, population std 0.005.
+    line = summary["misid_at_80"]["tau_id"]["Fine-tuned backbone (continuous-mpm) + lifetime"]
+    assert line["mean"][1] == pytest.approx(0.026) and line["std"][1] == pytest.approx(0.005)
+    assert summary["best_val_loss"]["pt_regression"]["ParT (baseline) + lifetime"]["mean"][0] == pytest.approx(0.05 * 1.1 * 1.5 + 0.01)
+    json.dumps(summary)  # JSON-able
+
+
+def test_fig8_colours_by_backbone_and_family_dashes_for_lifetime(tmp_path, captured):
+    fig8_backbones(_fig8_rows(), tmp_path / "fig8")
+    (fig,) = captured
+    styles = _line_styles(fig)
+    palette = paper_figures.BACKBONE_PALETTE
+    assert styles["Fine-tuned backbone (tokens-ntp)"] == (STRATEGY_COLORS["finetune"], "-", "o")
+    assert styles["Fine-tuned backbone (tokens-ntp) + lifetime"] == (STRATEGY_COLORS["finetune"], "--", "o")
+    assert styles["Fixed backbone (tokens-ntp)"] == (STRATEGY_COLORS["fixed"], "-", "s")
+    # Other backbones: the palette in (family, backbone) order: fixed@continuous-mpm, then finetune@continuous-mpm.
+    assert styles["Fixed backbone (continuous-mpm)"] == (palette[0], "-", "s")
+    assert styles["Fine-tuned backbone (continuous-mpm)"] == (palette[1], "-", "o")
+    assert styles["Fine-tuned backbone (continuous-mpm) + lifetime"] == (palette[1], "--", "o")
+    assert styles["ParT (baseline) + lifetime"] == (STRATEGY_COLORS["part"], "--", "D")
+    assert styles["From scratch (tokens-ntp)"] == (STRATEGY_COLORS["scratch"], "-", "v")
+    assert len(fig.axes) == 6 and all(ax.get_xscale() == "log" for ax in fig.axes)
+    assert [ax.get_ylabel() for ax in fig.axes[3:]] == [
+        "misID rate at 80% τ efficiency (Z_Ztautau)", "pT resolution (Z_Ztautau)", "decay-mode AUC (Z_Ztautau)"]
+    assert len(fig.legends) == 1 and len(fig.legends[0].get_texts()) == len(FIG8_STRATEGIES)
+
+
+def test_fig8_of_a_table_without_backbone_strategies(tmp_path):
+    """The paper's grid only (no @backbone, no +lifetime, no backbone/inputs columns): the default backbone's lines."""
+    stem = tmp_path / "fig8"
+    summary = fig8_backbones(_rows(), stem)
+
+    _check_figure_files(stem)
+    labels = ["From scratch (tokens-ntp)", "Fixed backbone (tokens-ntp)", "Fine-tuned backbone (tokens-ntp)", "ParT (baseline)"]
+    for quantity, task in (("best_val_loss", "decay_mode"), ("misid_at_80", "tau_id"), ("auc_weighted", "decay_mode")):
+        assert list(summary[quantity][task]) == labels
+    finetune = summary["misid_at_80"]["tau_id"]["Fine-tuned backbone (tokens-ntp)"]
+    assert (finetune["backbone"], finetune["inputs"]) == ("tokens-ntp", "paper")
+    assert finetune["size"] == [1000, ABLATION_SIZE, 10000]  # the ablation size's finetune runs count too
+    assert finetune["mean"] == pytest.approx([0.031] * 3) and finetune["std"] == pytest.approx([0.001] * 3)
+    assert summary["best_val_loss"]["tau_id"]["ParT (baseline)"]["backbone"] is None
+    loss = summary["best_val_loss"]["tau_id"]["Fine-tuned backbone (tokens-ntp)"]
+    assert loss["mean"][0] == pytest.approx(0.31) and loss["std"][0] == pytest.approx(0.01)  # as in Fig. 4
+
+
+def test_fig8_single_seed_missing_task_and_sample(tmp_path, captured):
+    rows = [r for r in _fig8_rows(strategies=("finetune", "finetune@continuous-mpm+lifetime"), seeds=(1,)) if r["task"] != "pt_regression"]
+    rows = [r for r in rows if not (r["task"] == "decay_mode" and r["test_sample"] == "Z_Ztautau")]
+    summary = fig8_backbones(rows, tmp_path / "fig8")
+
+    (fig,) = captured
+    assert summary["best_val_loss"]["pt_regression"] == {} and summary["resolution_iqr_over_median"]["pt_regression"] == {}
+    assert summary["auc_weighted"]["decay_mode"] == {}  # decay-mode runs, but none on Z_Ztautau
+    line = summary["misid_at_80"]["tau_id"]["Fine-tuned backbone (continuous-mpm) + lifetime"]
+    assert line["std"] == [None, None] and line["n_seeds"] == [1, 1]
+    assert line["mean"] == pytest.approx([_fig8_value("tau_id", "finetune@continuous-mpm+lifetime", s, 1) for s in SIZES])
+    assert sorted(_panel_texts(fig)) == ["no Z_Ztautau rows", "no runs of this task", "no runs of this task"]
+    assert not fig.axes[0].collections, "one seed: no band"
+
+
+def test_fig8_of_an_empty_table_and_of_an_older_table(tmp_path, captured):
+    summary = fig8_backbones([], tmp_path / "fig8")
+    assert summary == {"best_val_loss": dict.fromkeys(TASKS, {}), **{key: {task: {}} for task, (key, _) in FIG8_METRIC_BASE.items()}}
+    assert _panel_texts(captured[-1]) == ["no runs of this task"] * 6
+    # A table of an older taufm, without backbone and inputs columns: read off the strategy names.
+    older = fig8_backbones(_fig8_rows(with_columns=False), tmp_path / "fig8")
+    line = older["auc_weighted"]["decay_mode"]["Fixed backbone (continuous-mpm)"]
+    assert (line["strategy"], line["backbone"], line["inputs"]) == ("fixed@continuous-mpm", "continuous-mpm", "paper")
+    assert older["auc_weighted"]["decay_mode"]["ParT (baseline) + lifetime"]["backbone"] is None
+
+
+def test_fig8_bad_strategy_rows_are_clear_errors(tmp_path):
+    rows = _fig8_rows()
+    with pytest.raises(TaufmError, match=r"Fig\. 8: metrics row \d+ \(tau_id/fine-tune n=1000 seed=0\): unknown strategy 'fine-tune'"):
+        fig8_backbones([*rows, {**rows[0], "strategy": "fine-tune"}], tmp_path / "out" / "fig8")
+    other = {**rows[0], "seed": 7, "inputs": "paper+lifetime"}  # a scratch run that says other inputs than its strategy's runs
+    with pytest.raises(TaufmError, match=r"rows of strategy 'scratch' disagree on its backbone and inputs"):
+        fig8_backbones([*rows, other], tmp_path / "out" / "fig8")
+    assert _outputs(tmp_path / "out") == []
 
 
 # --- headline table ----------------------------------------------------------------------------

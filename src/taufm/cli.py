@@ -276,7 +276,7 @@ def _cmd_paper_figures(args: argparse.Namespace) -> None:
 
     import pyarrow.parquet as pq
 
-    from taufm.plots.paper_figures import fig4_validation_loss, fig5_physics, fig7_ablations, fig_grid_cost, runs_from_details, summary_table
+    from taufm.plots.paper_figures import fig4_validation_loss, fig5_physics, fig7_ablations, fig8_backbones, fig_grid_cost, runs_from_details, summary_table
 
     tables = {}
     for name, path in (("metrics", args.metrics), ("comparisons", args.comparisons), ("grid cost", args.grid_cost)):
@@ -289,6 +289,7 @@ def _cmd_paper_figures(args: argparse.Namespace) -> None:
         "fig4": fig4_validation_loss(tables["metrics"], out / "fig4_validation_loss"),
         "fig5": fig5_physics(runs_from_details(args.runs, args.size), out / "fig5_physics", args.size),
         "fig7": fig7_ablations(tables["metrics"], out / "fig7_ablations", args.ablation_size, default_unfreeze_epoch=args.unfreeze_epoch, n_blocks_total=args.n_blocks),
+        "fig8": fig8_backbones(tables["metrics"], out / "fig8_backbones"),
         "table": summary_table(tables["metrics"], args.size, out / "summary_table.md", out / "summary_table.csv", comparisons=tables["comparisons"]),
         "grid_cost": fig_grid_cost(tables["grid cost"], out / "grid_cost"),
     }

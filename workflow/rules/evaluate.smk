@@ -59,7 +59,8 @@ rule aggregate_metrics:
 
 rule paper_figures:
     """The paper's Fig. 4 (validation loss vs training size), Fig. 5 (physics performance at one
-    size), Fig. 7 (ablations) and the headline numbers beside the paper's."""
+    size), Fig. 7 (ablations) and the headline numbers beside the paper's; Fig. 8 (the pretrained
+    backbones and input sets compared)."""
     input:
         metrics=result("metrics.parquet"),
         comparisons=result("comparisons.parquet"),
@@ -69,8 +70,9 @@ rule paper_figures:
         fig4=report(result("figures/fig4_validation_loss.png"), caption="../report/fig4.rst", category="Paper figures"),
         fig5=report(result("figures/fig5_physics.png"), caption="../report/fig5.rst", category="Paper figures"),
         fig7=report(result("figures/fig7_ablations.png"), caption="../report/fig7.rst", category="Paper figures"),
+        fig8=report(result("figures/fig8_backbones.png"), caption="../report/fig8.rst", category="Beyond the paper"),
         grid_cost=report(result("figures/grid_cost.png"), caption="../report/grid_cost.rst", category="Compute"),
-        pdfs=[result(f"figures/{stem}.pdf") for stem in ("fig4_validation_loss", "fig5_physics", "fig7_ablations", "grid_cost")],
+        pdfs=[result(f"figures/{stem}.pdf") for stem in ("fig4_validation_loss", "fig5_physics", "fig7_ablations", "fig8_backbones", "grid_cost")],
         table=report(result("figures/summary_table.md"), caption="../report/summary_table.rst", category="Tables"),
         table_csv=result("figures/summary_table.csv"),
     params:

@@ -43,6 +43,7 @@ from sklearn import metrics as skm
 
 from taufm.data import read_shards
 from taufm.errors import TaufmError
+from taufm.finetune.strategies import parse_strategy
 from taufm.io import atomic_output
 from taufm.physics.tau import DECAY_MODE_NAMES
 
@@ -73,11 +74,18 @@ HEADLINE_METRICS = {
 COMPARISONS = (("finetune", "scratch"), ("finetune", "fixed"), ("part", "finetune"))
 
 RUN_KEYS = ("task", "strategy", "size", "seed")  # from summary.json
+# What the strategy name says of a run, beside it in every row: the pretrained backbone it
+# started from (None for the ParT) and its input set. Descriptive only: rows are grouped by strategy.
+STRATEGY_COLUMNS = ("backbone", "inputs")
+# summary.json's keys for them; a summary of an older taufm lacks them (then read off the name).
+SUMMARY_STRATEGY_KEYS = {"backbone": "backbone_name", "inputs": "inputs"}
 # Leading columns of the tidy table; the metrics follow in first-seen order.
-TABLE_KEYS = ("task", "strategy", "size", "seed", "statistic", "n_seeds", "test_sample")
+TABLE_KEYS = ("task", "strategy", *STRATEGY_COLUMNS, "size", "seed", "statistic", "n_seeds", "test_sample")
 _KEY_TYPES = {
     "task": pa.string(),
     "strategy": pa.string(),
+    "backbone": pa.string(),  # null for the ParT baseline
+    "inputs": pa.string(),
     "size": pa.int64(),
     "seed": pa.int64(),
     "statistic": pa.string(),
@@ -307,9 +315,10 @@ def best_validation_loss(history_csv: str | os.PathLike[str]) -> tuple[float, in
     return float(losses[i]), epochs[i]
 
 
-def _run_info(path: Path) -> tuple[dict, dict]:
-    """(task, strategy, size, seed) and the run's cost (:data:`COST_COLUMNS`, NaN where the
-    summary lacks one, e.g. a run of an older taufm) from its ``summary.json``."""
+def _run_info(path: Path) -> tuple[dict, dict, dict]:
+    """(task, strategy, size, seed), the strategy's backbone and inputs
+    (:func:`_strategy_columns`) and the run's cost (:data:`COST_COLUMNS`, NaN where the summary
+    lacks one, e.g. a run of an older taufm) from its ``summary.json``."""
     try:
         summary = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
@@ -323,10 +332,35 @@ def _run_info(path: Path) -> tuple[dict, dict]:
         info = {"task": str(summary["task"]), "strategy": str(summary["strategy"]), "size": int(summary["size"]), "seed": int(summary["seed"])}
     except (TypeError, ValueError) as err:
         raise TaufmError(f"{path}: size and seed must be integers ({err})") from err
+    described = _strategy_columns(summary, path)
     cost = {name: float(summary[name]) if _is_number(summary.get(name)) else _NAN for name in COST_COLUMNS}
     if math.isnan(cost["train_flops_estimate"]) and math.isfinite(cost["flops_per_jet"]) and _is_number(summary.get("jets_trained")):
         cost["train_flops_estimate"] = TRAIN_FLOPS_PER_FORWARD * cost["flops_per_jet"] * float(summary["jets_trained"])
-    return info, cost
+    return info, described, cost
+
+
+def _strategy_columns(summary: Mapping, path: Path) -> dict:
+    """The run's ``backbone`` (a name, or None for the ParT) and ``inputs`` (an input set's name):
+    summary.json's ``backbone_name`` and ``inputs``, or, where an older summary lacks one, what
+    the strategy name says (:func:`~taufm.finetune.strategies.parse_strategy`: no ``@backbone``
+    is the default backbone, no ``+lifetime`` the paper's inputs)."""
+    parsed = None
+    described = {}
+    for column, key in SUMMARY_STRATEGY_KEYS.items():
+        if key not in summary:
+            if parsed is None:
+                try:
+                    parsed = parse_strategy(str(summary["strategy"]), 0)
+                except TaufmError as err:
+                    raise TaufmError(f"{path}: no {key!r}, and the strategy name does not say it: {err}") from err
+            described[column] = getattr(parsed, column)
+            continue
+        value = summary[key]
+        if not (isinstance(value, str) and value) and not (column == "backbone" and value is None):
+            allowed = "a backbone's name or null" if column == "backbone" else "an input set's name"
+            raise TaufmError(f"{path}: {key} must be {allowed}, got {value!r}")
+        described[column] = value
+    return described
 
 
 def _misid_key(efficiency: float) -> str:
@@ -486,7 +520,7 @@ def evaluate_run(
     if isinstance(n_bootstrap, bool) or not isinstance(n_bootstrap, int) or n_bootstrap < 0:
         raise TaufmError(f"the number of bootstrap replicates must be a non-negative integer, got {n_bootstrap!r}")
     run_dir = Path(run_dir)
-    info, cost = _run_info(run_dir / SUMMARY_FILE)
+    info, described, cost = _run_info(run_dir / SUMMARY_FILE)
     if info["task"] not in TASK_METRICS:
         raise TaufmError(f"{run_dir / SUMMARY_FILE}: unknown task {info['task']!r}; known: {', '.join(TASK_METRICS)}")
     best_loss, best_epoch = best_validation_loss(run_dir / HISTORY_FILE)
@@ -511,7 +545,7 @@ def evaluate_run(
         for name in headline:
             metrics.update(zip(_ci_keys(name), interval(replicates[name]) if math.isfinite(metrics[name]) else (_NAN, _NAN)))
         n_jets = int(np.sum(columns["sample"] == sample))
-        rows.append({**info, "test_sample": sample, "n_jets": n_jets, "best_val_loss": best_loss, "best_epoch": best_epoch, **metrics, **cost})
+        rows.append({**_with_strategy_columns(info, described), "test_sample": sample, "n_jets": n_jets, "best_val_loss": best_loss, "best_epoch": best_epoch, **metrics, **cost})
         details["samples"][sample] = {
             "n_jets": n_jets,
             "metrics": metrics,
@@ -526,7 +560,8 @@ def evaluate_run(
 def run_metrics(run_dir: str | os.PathLike[str], efficiency: float = DEFAULT_EFFICIENCY, n_bootstrap: int = BOOTSTRAP_REPLICATES, bootstrap_seed: int = BOOTSTRAP_SEED) -> list[dict]:
     """One row per test sample of a fine-tuning run directory, in the order the samples appear.
 
-    Every row has task, strategy, size, seed (``summary.json``), test_sample, n_jets,
+    Every row has task, strategy, backbone, inputs, size, seed (``summary.json``; backbone and
+    inputs read off the strategy name where the summary lacks them), test_sample, n_jets,
     best_val_loss and best_epoch (``history.csv``), then the task's metrics:
 
     - tau_id: n_signal, n_background (jets of the sample with label 1 / 0), auc and
@@ -540,6 +575,16 @@ def run_metrics(run_dir: str | os.PathLike[str], efficiency: float = DEFAULT_EFF
     (NaN where the metric is NaN or there are no replicates).
     """
     return evaluate_run(run_dir, efficiency, n_bootstrap, bootstrap_seed)[0]
+
+
+def _with_strategy_columns(row: Mapping, described: Mapping) -> dict:
+    """``row`` with the :data:`STRATEGY_COLUMNS` of ``described`` right after its strategy."""
+    out = {}
+    for key, value in row.items():
+        out[key] = value
+        if key == "strategy":
+            out.update((column, described.get(column)) for column in STRATEGY_COLUMNS)
+    return out
 
 
 # --- aggregation and the table ---------------------------------------------------------------
@@ -593,11 +638,13 @@ def aggregate(rows: Sequence[Mapping], details: Sequence[Mapping] | None = None)
     """The per-run rows (``statistic`` = "value") plus, per (task, strategy, size, test_sample),
     a "mean" and a "std" row over seeds.
 
-    Summary rows have ``seed`` = None and ``n_seeds`` (the runs in the group); their metrics are
+    Summary rows have ``seed`` = None and ``n_seeds`` (the runs in the group), the group's
+    :data:`STRATEGY_COLUMNS` (backbone, inputs; None where its rows lack them); their metrics are
     the NaN-ignoring mean and std (ddof = :data:`STD_DDOF`) over seeds of every numeric column
     other than the keys (counts and best_epoch included); NaN where no seed has a value. Groups
     keep their first-seen order, each as its runs by seed, then mean, then std. Two rows with
-    one (task, strategy, size, seed, test_sample) are a :class:`TaufmError`.
+    one (task, strategy, size, seed, test_sample), or runs of one group that disagree on a
+    strategy column, are a :class:`TaufmError`.
 
     With the runs' ``details`` (:func:`evaluate_run`), the mean row's ``<metric>_ci68_low/high``
     are the interval of the seed mean over the test jets: the mean over seeds of each bootstrap
@@ -622,7 +669,8 @@ def aggregate(rows: Sequence[Mapping], details: Sequence[Mapping] | None = None)
         out.extend(runs)
         names = [k for k in dict.fromkeys(k for r in runs for k in r) if k not in TABLE_KEYS]
         names = [k for k in names if all(_is_number(r[k]) or r.get(k) is None for r in runs if k in r)]
-        mean = {"task": task, "strategy": strategy, "size": size, "seed": None, "statistic": "mean", "n_seeds": len(runs), "test_sample": sample}
+        described = _group_strategy_columns(runs)
+        mean = {"task": task, "strategy": strategy, **described, "size": size, "seed": None, "statistic": "mean", "n_seeds": len(runs), "test_sample": sample}
         std = {**mean, "statistic": "std"}
         for name in names:
             values = [_NAN if r.get(name) is None else float(r[name]) for r in runs]
@@ -637,6 +685,21 @@ def aggregate(rows: Sequence[Mapping], details: Sequence[Mapping] | None = None)
                     std[low], std[high] = _NAN, _NAN
         out.extend([mean, std])
     return out
+
+
+def _group_strategy_columns(runs: Sequence[Mapping]) -> dict:
+    """The :data:`STRATEGY_COLUMNS` the runs of one group share (None where they lack one)."""
+    described = {}
+    for column in STRATEGY_COLUMNS:
+        values = list(dict.fromkeys(r.get(column) for r in runs))
+        if len(values) > 1:
+            first = runs[0]
+            raise TaufmError(
+                f"metrics rows of task {first['task']}, strategy {first['strategy']}, size {first['size']}, sample {first['test_sample']}"
+                f" disagree on {column}: {', '.join(map(repr, values))}"
+            )
+        described[column] = values[0]
+    return described
 
 
 def compare_strategies(rows: Sequence[Mapping], details: Sequence[Mapping] | None = None, comparisons: Sequence[tuple[str, str]] = COMPARISONS) -> list[dict]:

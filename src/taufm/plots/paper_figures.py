@@ -8,12 +8,15 @@
   (:func:`runs_from_details`), never a glob of the results folder.
 - :func:`fig7_ablations`: validation loss normalised to its minimum vs the unfreeze epoch and vs
   the number of pretrained GPT blocks used, one line per task.
+- :func:`fig8_backbones` (beyond the paper): best validation loss and each task's physics
+  headline vs training size, one line per pretrained backbone and input set of the fixed and
+  fine-tuned strategies, with training from scratch and the ParT as references.
 - :func:`summary_table`: the paper's headline numbers at 1e4 training jets beside ours, with
   bootstrap intervals and the differences between strategies (Markdown and CSV).
 
 No metric is computed here: every metric has one implementation, in :mod:`taufm.evaluate.metrics`.
 
-Figures 4 and 7 and the table read a tidy metrics table: a sequence of dict rows with ``task``,
+Figures 4, 7 and 8 and the table read a tidy metrics table: a sequence of dict rows with ``task``,
 ``strategy``, ``size``, ``seed`` and ``test_sample`` plus the run's numbers (``best_val_loss``,
 ``auc``, ``misid_at_80``, ``response``, ...). Rows whose ``seed`` is not an integer are summaries
 over seeds and are ignored: means and spreads are computed here. ``best_val_loss`` is one number
@@ -59,6 +62,7 @@ from taufm.evaluate.metrics import (
     RESPONSE_EDGES,
     STD_DDOF,
 )
+from taufm.finetune.strategies import DEFAULT_BACKBONE, parse_strategy
 from taufm.io import atomic_output
 from taufm.physics.tau import DECAY_MODE_NAMES
 from taufm.plots.style import STRATEGY_COLORS, STRATEGY_LABELS, new_figure, no_data_panel, save_figure, taufm_style
@@ -283,12 +287,14 @@ def fig4_validation_loss(rows: Iterable[Mapping], output_stem: str | os.PathLike
     return summary
 
 
-def _curves(losses: Mapping[RunKey, float], task: str) -> dict[str, dict]:
-    """Per strategy of ``task``: sizes with at least one finite loss, mean, std and seed counts."""
+def _curves(by_run: Mapping[RunKey, float], task: str, strategies: Sequence[str] = BASE_STRATEGIES) -> dict[str, dict]:
+    """Per strategy of ``strategies`` (in that order) with runs of ``task`` in ``by_run`` (one
+    number per run): the sizes with at least one finite number, the mean, std and seed count over
+    seeds at each."""
     result = {}
-    for strategy in BASE_STRATEGIES:
+    for strategy in strategies:
         by_size: dict[int, list[float]] = defaultdict(list)
-        for (t, s, size, _seed), value in sorted(losses.items()):
+        for (t, s, size, _seed), value in sorted(by_run.items()):
             if t == task and s == strategy:
                 by_size[size].append(value)
         points = [(size, _stats(values)) for size, values in sorted(by_size.items())]
@@ -303,12 +309,12 @@ def _curves(losses: Mapping[RunKey, float], task: str) -> dict[str, dict]:
     return result
 
 
-def _line_with_band(ax: Axes, curve: Mapping, *, color: str, label: str) -> None:
+def _line_with_band(ax: Axes, curve: Mapping, *, color: str, label: str, linestyle: str = "-", marker: str = "o") -> None:
     """Mean as a line with markers, mean ± std as a band (zero width where the std is undefined: one seed)."""
     x = np.asarray(curve["size"], dtype=np.float64)
     mean = np.asarray(curve["mean"], dtype=np.float64)
     std = np.array([np.nan if s is None else s for s in curve["std"]], dtype=np.float64)
-    ax.plot(x, mean, color=color, marker="o", markersize=6, linewidth=1.8, label=label)
+    ax.plot(x, mean, color=color, marker=marker, markersize=6, linewidth=1.8, linestyle=linestyle, label=label)
     has_std = np.isfinite(std)
     if np.any(has_std):
         lo, hi = np.where(has_std, mean - std, mean), np.where(has_std, mean + std, mean)
@@ -321,14 +327,16 @@ def _pad_y(ax: Axes, top: float = 0.08, bottom: float = 0.05) -> None:
     ax.set_ylim(lo - bottom * span, hi + top * span)
 
 
-def _figure_legend(fig: Figure, axes: np.ndarray) -> None:
-    """One legend for the whole figure, below the panels, one entry per label."""
+def _figure_legend(fig: Figure, axes: np.ndarray, max_columns: int | None = None) -> None:
+    """One legend for the whole figure, below the panels, one entry per label (in rows of at
+    most ``max_columns`` entries; one row if None)."""
     handles: dict[str, object] = {}
     for ax in axes.flat:
         for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
             handles.setdefault(label, handle)
     if handles:
-        fig.legend(list(handles.values()), list(handles), loc="outside lower center", ncols=len(handles), frameon=False)
+        columns = len(handles) if max_columns is None else min(len(handles), max_columns)
+        fig.legend(list(handles.values()), list(handles), loc="outside lower center", ncols=columns, frameon=False)
 
 
 # --- Fig. 5 ------------------------------------------------------------------------------------
@@ -803,6 +811,157 @@ def _draw_ablation(ax: Axes, panel: Mapping, *, title: str, xlabel: str) -> None
     _pad_y(ax, top=0.35)
     ax.set(title=title, xlabel=xlabel, ylabel="Validation loss / minimum")
     ax.legend(loc="upper left", fontsize="x-small", title="task (its minimum loss)", title_fontsize="x-small")
+
+
+# --- Fig. 8 (beyond the paper) -----------------------------------------------------------------
+
+# Fig. 8 draws one line per backbone and input set of these strategy families, and those of
+# REFERENCE_FAMILIES beside them; ablations (finetune-unfreeze0, ...) are left out.
+BACKBONE_FAMILIES = ("fixed", "finetune")
+REFERENCE_FAMILIES = ("scratch", "part")
+FIG8_FAMILIES = ("scratch", "fixed", "finetune", "part")  # drawing order
+# The bottom row: each task's physics headline (a key of HEADLINES), on the summary table's test sample.
+FIG8_METRICS = {"tau_id": "misid_at_80", "pt_regression": "resolution_iqr_over_median", "decay_mode": "auc_weighted"}
+LOSS_QUANTITY = "best_val_loss"
+# Line style by input set (any other input set dotted), marker by family.
+INPUT_LINESTYLES = {"paper": "-", "paper+lifetime": "--"}
+INPUT_LABELS = {"paper": "", "paper+lifetime": " + lifetime"}
+FAMILY_MARKERS = {"scratch": "v", "fixed": "s", "finetune": "o", "part": "D"}
+# The default backbone's lines keep the strategy colours of Fig. 4; every other (family, backbone)
+# pair takes the next of these, in sorted order, so its colour does not depend on the rows' order.
+BACKBONE_PALETTE = ("#1b9e77", "#a96b59", "#c849a9", "#717581", "#b9ac70", "#1845fb", "#92dadd", "#7f7f00")
+
+
+@dataclass(frozen=True)
+class _BackboneLine:
+    """One line of Fig. 8: a strategy with the backbone it started from and its input set."""
+
+    strategy: str
+    family: str
+    backbone: str | None
+    inputs: str
+    label: str
+
+
+def fig8_backbones(rows: Iterable[Mapping], output_stem: str | os.PathLike[str], *, test_sample: str = SIGNAL_SAMPLE) -> dict:
+    """Pretrained backbones and input sets compared: each quantity vs training size, mean ± std over seeds.
+
+    Top row: the best validation loss of each task. Bottom row: each task's physics headline
+    (:data:`FIG8_METRICS`: misID rate at 80% tau efficiency, pT resolution (q75 - q25) / q50,
+    class-weighted decay-mode AUC) on ``test_sample``, the summary table's test sample. One line
+    per strategy of the fixed and fine-tuned families (one per backbone and input set: colour by
+    family and backbone, solid for the paper's inputs, dashed for paper+lifetime), and the
+    scratch and ParT strategies as references. A row's ``backbone`` and ``inputs`` columns say
+    what it ran; a table without them (an older taufm) is read off the strategy names.
+
+    Draws ``<output_stem>.png`` / ``.pdf``. Returns ``{quantity: {task: {label: {"strategy",
+    "backbone", "inputs", "size", "mean", "std", "n_seeds"}}}}``, quantity ``best_val_loss`` or a
+    metric of :data:`FIG8_METRICS`, one list entry per training size.
+    """
+    what = "Fig. 8"
+    rows = rows if isinstance(rows, (Mapping, str, bytes)) else list(rows)  # read twice below
+    all_runs = _run_rows(rows, what)
+    lines = _backbone_lines(all_runs, what)
+    drawn = {line.strategy for line in lines}
+    runs = [r for r in all_runs if r.strategy in drawn]
+    for r in runs:
+        if "test_sample" not in r.data:
+            raise TaufmError(f"{what}: metrics row {r.index} ({r.describe()}) has no key 'test_sample'")
+    order = [line.strategy for line in lines]
+    by_strategy = {line.strategy: line for line in lines}
+
+    def labelled(curves: Mapping[str, dict]) -> dict:
+        return {
+            by_strategy[s].label: {"strategy": s, "backbone": by_strategy[s].backbone, "inputs": by_strategy[s].inputs, **curve}
+            for s, curve in curves.items()
+        }
+
+    losses = _run_values(runs, LOSS_QUANTITY, what)
+    summary: dict = {LOSS_QUANTITY: {task: labelled(_curves(losses, task, order)) for task in TASKS}}
+    for task, key in FIG8_METRICS.items():
+        values = _run_values((r for r in runs if r.task == task and r.data["test_sample"] == test_sample), key, what)
+        summary[key] = {task: labelled(_curves(values, task, order))}
+
+    styles = _backbone_line_styles(lines)
+    headlines = {h.key: h for h in HEADLINES}
+    tasks_run = {r.task for r in runs}
+    n_seeds = sorted({n for quantity in summary.values() for task in quantity.values() for c in task.values() for n in c["n_seeds"]})
+    with taufm_style():
+        fig, axes = new_figure(2, len(TASKS))
+        for ax, task in zip(axes[0], TASKS, strict=True):
+            ylabel = f"Best validation loss ({LOSS_NAMES[task]})"
+            _draw_backbone_panel(ax, summary[LOSS_QUANTITY][task], styles, TASK_TITLES[task], ylabel, "no runs of this task")
+        for ax, (task, key) in zip(axes[1], FIG8_METRICS.items(), strict=True):
+            empty = "no runs of this task" if task not in tasks_run else f"no {test_sample} rows"
+            _draw_backbone_panel(ax, summary[key][task], styles, TASK_TITLES[task], f"{headlines[key].metric} ({test_sample})", empty)
+        _figure_legend(fig, axes, max_columns=4)
+        seeds = "/".join(map(str, n_seeds)) if n_seeds else "0"
+        plural = "" if n_seeds == [1] else "s"
+        fig.suptitle(f"Backbones and input sets vs training size: mean ± std over seeds ({seeds} seed{plural} per point)")
+        save_figure(fig, output_stem)
+    log.info("Fig. 8: %s", summary)
+    return summary
+
+
+def _backbone_lines(runs: Sequence[_Row], what: str) -> list[_BackboneLine]:
+    """Fig. 8's lines, in drawing order: family (:data:`FIG8_FAMILIES`), the default backbone
+    first, then the other backbones by name, the paper's inputs before others."""
+    found: dict[str, tuple[str, set[tuple[str | None, str]]]] = {}
+    for r in runs:
+        try:
+            strategy = parse_strategy(r.strategy, 0)
+        except TaufmError as err:
+            raise TaufmError(f"{what}: metrics row {r.index} ({r.describe()}): {err}") from err
+        if strategy.family not in FIG8_FAMILIES:
+            continue  # an ablation
+        backbone = r.data.get("backbone")
+        inputs = r.data.get("inputs")
+        described = (backbone if isinstance(backbone, str) else strategy.backbone, inputs if isinstance(inputs, str) and inputs else strategy.inputs)
+        found.setdefault(r.strategy, (strategy.family, set()))[1].add(described)
+    lines = []
+    for name, (family, described) in found.items():
+        if len(described) > 1:
+            listed = ", ".join(f"{b or 'no backbone'} with {i} inputs" for b, i in sorted(described, key=str))
+            raise TaufmError(f"{what}: the rows of strategy {name!r} disagree on its backbone and inputs: {listed}")
+        ((backbone, inputs),) = described
+        label = STRATEGY_LABELS[family] + (f" ({backbone})" if backbone else "") + INPUT_LABELS.get(inputs, f" [{inputs}]")
+        lines.append(_BackboneLine(name, family, backbone, inputs, label))
+    lines.sort(key=lambda ln: (FIG8_FAMILIES.index(ln.family), ln.backbone != DEFAULT_BACKBONE, ln.backbone or "", ln.inputs != "paper", ln.inputs, ln.strategy))
+    labels: set[str] = set()
+    for i, line in enumerate(lines):  # e.g. finetune and finetune@tokens-ntp: the same line twice
+        if line.label in labels:
+            log.info("%s: strategy %s draws like another; labelled with its name", what, line.strategy)
+            lines[i] = _BackboneLine(line.strategy, line.family, line.backbone, line.inputs, f"{line.label} [{line.strategy}]")
+        labels.add(lines[i].label)
+    return lines
+
+
+def _backbone_line_styles(lines: Sequence[_BackboneLine]) -> dict[str, dict]:
+    """Per strategy: colour (family and backbone), line style (input set) and marker (family)."""
+    others = sorted(
+        {(ln.family, ln.backbone) for ln in lines if ln.backbone not in (None, DEFAULT_BACKBONE)},
+        key=lambda pair: (FIG8_FAMILIES.index(pair[0]), pair[1]),
+    )
+    colors = {pair: BACKBONE_PALETTE[i % len(BACKBONE_PALETTE)] for i, pair in enumerate(others)}
+    return {
+        ln.strategy: {
+            "color": colors.get((ln.family, ln.backbone), STRATEGY_COLORS[ln.family]),
+            "linestyle": INPUT_LINESTYLES.get(ln.inputs, ":"),
+            "marker": FAMILY_MARKERS[ln.family],
+        }
+        for ln in lines
+    }
+
+
+def _draw_backbone_panel(ax: Axes, curves: Mapping[str, dict], styles: Mapping[str, dict], title: str, ylabel: str, empty: str) -> None:
+    if not curves:
+        no_data_panel(ax, title, empty)
+        return
+    for label, curve in curves.items():
+        _line_with_band(ax, curve, label=label, **styles[curve["strategy"]])
+    ax.set_xscale("log")
+    ax.set(title=title, xlabel="Training jets", ylabel=ylabel)
+    _pad_y(ax)
 
 
 # --- grid cost ---------------------------------------------------------------------------------
