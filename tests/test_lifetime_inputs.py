@@ -11,7 +11,7 @@ from taufm.data import CANDIDATE_FEATURE_COLUMNS
 from taufm.errors import TaufmError
 from taufm.finetune.inputs import INPUT_SETS, LIFETIME_COLUMNS, part_inputs
 from taufm.finetune.strategies import parse_strategy
-from taufm.finetune.train import FinetuneSettings, build_model, model_inputs, part_settings
+from taufm.finetune.train import FinetuneSettings, build_model, model_inputs, part_settings, resolve_strategy
 from taufm.ingest.shards import MASK_COLUMN
 from taufm.physics.lifetime import signed_impact_parameters
 
@@ -92,9 +92,10 @@ def test_the_part_input_set_sets_its_width_and_trains_end_to_end():
     settings = FinetuneSettings.from_mapping({"part": {"inputs": "paper+lifetime", "embed_dim": 8, "head": {"dim": 8, "n_heads": 2, "n_particle_blocks": 1, "n_class_blocks": 1}}})
     config, input_set = part_settings(settings)
     assert (config.n_features, input_set) == (14, "paper+lifetime")
-    strategy = parse_strategy("part", 1)
+    strategy = resolve_strategy("part", settings)  # finetune.part.inputs is its input set
+    assert strategy.inputs == "paper+lifetime"
     model = build_model("tau_id", strategy, settings, None, seed=0)
-    x, m = model_inputs(strategy, data, input_set)
+    x, m = model_inputs(strategy, data)
     out = model(torch.from_numpy(x), torch.from_numpy(m))
     assert out.shape == (len(x), 1) and torch.isfinite(out).all()  # tau_id: one logit
     out.sum().backward()

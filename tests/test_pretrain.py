@@ -211,8 +211,8 @@ def test_best_backbone_holds_the_best_epoch_also_after_a_resume(tmp_path, monkey
     snapshots = {}
     real_payload = module.backbone_payload
 
-    def remember(backbone, head, vocabulary, extra):
-        payload = real_payload(backbone, head, vocabulary, extra)
+    def remember(backbone, head, vocabulary, extra, objective=None):
+        payload = real_payload(backbone, head, vocabulary, extra, objective)
         snapshots.setdefault(extra.get("validation", {}).get("epoch"), payload["backbone"])
         return payload
 

@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from taufm.cli import build_parser, main
-from taufm.config import SCHEMA_PATH, SETTINGS_PAYLOADS, checked_settings, payload_schema, validate_config
+from taufm.config import SCHEMA_PATH, SETTINGS_PAYLOADS, checked_settings, payload_schema, pretrain_backbone_payload, validate_config
 from taufm.errors import TaufmError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -156,7 +156,8 @@ def test_nested_model_settings_have_the_schema_keys():
     # The shape of the data, not settings: set from the preprocessing and the tokenizer.
     assert set(tokenizer["model"]["properties"]) == keys(VQVAEConfig, ("n_inputs", "n_continuous", "n_charge_classes", "n_pid_classes"))
     assert set(tokenizer["preprocessing"]["properties"]) == keys(Preprocessing)
-    assert set(pretrain["model"]["properties"]) == keys(GPTConfig, ("vocab_size", "max_length"))
+    # The input kind and the attention follow from the backbone's objective (pretrain.backbones).
+    assert set(pretrain["model"]["properties"]) == keys(GPTConfig, ("vocab_size", "max_length", "inputs", "n_features", "causal", "mask_embedding"))
     assert set(finetune["head"]["properties"]) == keys(HeadConfig)
     assert set(finetune["part"]["properties"]) == keys(ParTConfig) | {"inputs"}  # the input set, read by taufm.finetune.train.part_settings
     assert set(schema["$defs"]["task_settings"]["properties"]) == keys(TaskSettings)
@@ -184,6 +185,11 @@ def test_the_workflow_passes_complete_valid_payloads():
     checks unchanged: the schema's defaults add nothing to it."""
     config = validate_config(yaml.safe_load((ROOT / "config.yaml").read_text()))
     for name, payload in SETTINGS_PAYLOADS.items():
+        if name == "pretrain":  # one job per backbone
+            for backbone in config["pretrain"]["backbones"]:
+                values = pretrain_backbone_payload(config, backbone)
+                assert checked_settings(name, copy.deepcopy(values)) == values, backbone
+            continue
         values = payload.from_config(config)
         assert checked_settings(name, copy.deepcopy(values)) == values, name
 

@@ -129,6 +129,8 @@ class SettingsPayload:
     section: str
     left_out: tuple[str, ...] = ()
     shared: Mapping[str, str] = field(default_factory=dict)
+    # Payload keys the workflow sets per job (no config key of their own) -> their schema in $defs.
+    per_job: Mapping[str, str] = field(default_factory=dict)
 
     def config_key(self, path: Iterable) -> str:
         """The config key of a place in the payload (a shared setting under its own section)."""
@@ -154,9 +156,31 @@ SETTINGS_PAYLOADS: dict[str, SettingsPayload] = {
     "ingest.future": SettingsPayload("ingest.future", shared=_SPLIT_AND_CHUNKS),  # ingest-ee
     "ingest.jetclass": SettingsPayload("ingest.jetclass", shared=_SPLIT_AND_CHUNKS),  # ingest-jetclass
     "tokenizer": SettingsPayload("tokenizer", left_out=("checks",)),  # train-tokenizer
-    "pretrain": SettingsPayload("pretrain", left_out=("processes",)),  # pretrain
+    # pretrain: one job per backbone (pretrain_backbone_payload)
+    "pretrain": SettingsPayload("pretrain", left_out=("processes", "backbones"), per_job={"backbone": "backbone_objective"}),
     "finetune": SettingsPayload("finetune", left_out=("grid", "ablations")),  # finetune
 }
+
+
+BACKBONE_OVERRIDES = ("model", "epochs")  # keys of a pretrain.backbones entry that override pretrain's own
+
+
+def pretrain_backbone_payload(config: Mapping, name: str) -> dict:
+    """The settings of the pretraining job of backbone ``name`` (of a validated config): the
+    pretrain section with the backbone's own ``model`` and ``epochs`` over it, and the backbone's
+    name, inputs and objective as ``backbone``."""
+    backbones = config["pretrain"]["backbones"]
+    if name not in backbones:
+        raise TaufmError(f"pretrain.backbones has no backbone {name!r} (it has: {', '.join(backbones)})")
+    entry = backbones[name]
+    values = SETTINGS_PAYLOADS["pretrain"].from_config(config)
+    values = {**values, "model": {**values.get("model", {}), **entry.get("model", {})}}
+    if "epochs" in entry:
+        values["epochs"] = entry["epochs"]
+    objective = {"name": name, **{k: v for k, v in entry.items() if k not in BACKBONE_OVERRIDES}}
+    schema = _package_schema()
+    values["backbone"] = fill_defaults(objective, {"$defs": schema["$defs"], **schema["$defs"]["backbone_objective"]})
+    return values
 
 
 def _config_value(config: Mapping, dotted: str) -> Any:
@@ -183,6 +207,8 @@ def payload_schema(name: str) -> dict:
     section = _schema_node(schema, payload.section)
     properties = {k: v for k, v in section["properties"].items() if k not in payload.left_out}
     properties.update({key: _schema_node(schema, where) for key, where in payload.shared.items()})
+    # Inlined rather than referred to, so that their defaults are filled in.
+    properties.update({key: schema["$defs"][name] for key, name in payload.per_job.items()})
     return copy.deepcopy(
         {"$schema": schema["$schema"], "$defs": schema["$defs"], "type": "object", "additionalProperties": False, "properties": properties}
     )

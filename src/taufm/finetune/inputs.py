@@ -27,6 +27,7 @@ from taufm.tokenizer.preprocessing import Preprocessing
 PART_PREPROCESSING = Preprocessing(max_abs_angle=None)
 
 LIFETIME_COLUMNS = ("cand_d0", "cand_d0err", "cand_dz", "cand_dzerr")
+LIFETIME_CHANNEL_NAMES = ("tanh_signed_d0", "tanh_signed_dz", "log_signed_d0_significance", "log_signed_dz_significance")
 INPUT_SETS = {"paper": len(PAPER_COLUMNS), "paper+lifetime": len(PAPER_COLUMNS) + len(LIFETIME_QUANTITIES)}
 IMPACT_PARAMETER_SCALE_MM = 1.0
 

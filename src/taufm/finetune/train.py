@@ -51,8 +51,8 @@ from taufm.config import config_hash, reject_unknown_keys, settings_from_mapping
 from taufm.errors import TaufmError
 from taufm.finetune.data import load_task_data, nested_subset, validation_subset
 from taufm.finetune.frozen import MEGABYTE, CacheBudget, frozen_backbone_outputs
-from taufm.finetune.inputs import check_input_set, part_inputs
-from taufm.finetune.strategies import Strategy, parse_strategy
+from taufm.finetune.inputs import LIFETIME_CHANNEL_NAMES, check_input_set, part_inputs
+from taufm.finetune.strategies import DEFAULT_BACKBONE, Strategy, parse_strategy
 from taufm.finetune.tasks import TASK_NAMES, TaskSettings, epoch_metrics, n_outputs, predict, task_settings
 from taufm.finetune.tasks import loss as task_loss
 from taufm.ingest.shards import CANDIDATE_COLUMNS, MASK_COLUMN, ShardWriter
@@ -62,6 +62,7 @@ from taufm.models.heads import HeadConfig, TaskHead
 from taufm.models.part import ParTConfig, ParticleTransformer
 from taufm.pretrain.data import token_vocabulary
 from taufm.pretrain.train import backbone_config
+from taufm.tokenizer.tokenize import N_CANDIDATE_CHANNELS, TOKEN_FEATURES_COLUMN, token_feature_array
 from taufm.train.runtime import (
     ComputeMeter,
     History,
@@ -84,6 +85,7 @@ from taufm.train.runtime import (
 
 log = logging.getLogger(__name__)
 
+LIFETIME_CHANNELS = len(LIFETIME_CHANNEL_NAMES)
 LAST_CHECKPOINT = "checkpoint_last.pt"  # beside the run's outputs, not one of them
 FLOP_COUNT_JETS = 32  # validation jets whose forward pass flops_per_jet is counted on
 # Settings of the workflow, not of a cell: left out of a cell's resolved settings and identity,
@@ -111,6 +113,7 @@ class FinetuneSettings:
     cache_max_mb: float = 2048
     pack: Mapping = field(default_factory=dict)  # the workflow's packing of cells into jobs
     device: str = "auto"
+    inputs: str = "paper"  # input set of backbone strategies named without +lifetime
 
     @classmethod
     def from_mapping(cls, values: Mapping | None) -> FinetuneSettings:
@@ -136,16 +139,34 @@ class Cell:
 
 
 class FoundationModel(nn.Module):
-    """Tokens -> GPT backbone (its first ``n_blocks`` blocks) -> task head."""
+    """Backbone inputs -> backbone (its first ``n_blocks`` blocks) -> task head.
 
-    def __init__(self, backbone: GPTBackbone, head: TaskHead, n_blocks: int | None) -> None:
+    The inputs (:func:`model_inputs`) are what the backbone reads — token ids (batch, length) or
+    continuous features (batch, length, n_features) — optionally followed by ``n_head_channels``
+    channels per position that bypass the backbone: the ``+lifetime`` strategies' impact
+    parameters, appended to the backbone's outputs and so projected by the head's input layer
+    (token ids then travel as channel 0 of a float array). The backbone's part
+    (:meth:`backbone_outputs`) is what a frozen backbone's cache holds, channels included.
+    """
+
+    def __init__(self, backbone: GPTBackbone, head: TaskHead, n_blocks: int | None, n_head_channels: int = 0) -> None:
         super().__init__()
         self.backbone = backbone
         self.head = head
         self.n_blocks = n_blocks
+        self.n_head_channels = n_head_channels
 
-    def forward(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return self.head(self.backbone(tokens, mask, n_blocks=self.n_blocks), mask)
+    def backbone_outputs(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        if not self.n_head_channels:
+            return self.backbone(x, mask, n_blocks=self.n_blocks)
+        inputs, channels = x[..., : -self.n_head_channels], x[..., -self.n_head_channels :]
+        if self.backbone.config.inputs == "tokens":
+            inputs = inputs[..., 0].long()
+        embedded = self.backbone(inputs, mask, n_blocks=self.n_blocks)
+        return torch.cat([embedded, channels.to(embedded.dtype)], dim=-1)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone_outputs(x, mask), mask)
 
 
 class TruncatedBackbone(nn.Module):
@@ -154,11 +175,10 @@ class TruncatedBackbone(nn.Module):
 
     def __init__(self, model: FoundationModel) -> None:
         super().__init__()
-        self.backbone = model.backbone
-        self.n_blocks = model.n_blocks
+        self.model = model
 
-    def forward(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return self.backbone(tokens, mask, n_blocks=self.n_blocks)
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.model.backbone_outputs(x, mask)
 
 
 def backbone_trainable(strategy: Strategy, epoch: int) -> bool:
@@ -180,24 +200,56 @@ def _file_digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
 
-def model_inputs(strategy: Strategy, data: Mapping[str, np.ndarray], part_input_set: str = "paper") -> tuple[np.ndarray, np.ndarray]:
-    """Tokens and mask for backbone strategies; preprocessed candidate features for ParT, of
-    input set ``part_input_set`` (:mod:`taufm.finetune.inputs`).
+def model_inputs(strategy: Strategy, data: Mapping[str, np.ndarray], backbone_inputs: str = "tokens") -> tuple[np.ndarray, np.ndarray]:
+    """(inputs, mask) of the strategy's model, for its input set ``strategy.inputs``.
+
+    Backbone strategies (``backbone_inputs``: what the backbone reads): token ids (jets, length)
+    or the tokenizer channels of ``token_features`` (jets, length, 10); with ``paper+lifetime``
+    the four lifetime channels of ``token_features`` follow, as float channels (token ids then
+    channel 0). The ParT: its preprocessed candidate features (:mod:`taufm.finetune.inputs`).
 
     The ParT's pairwise features need each candidate's pT, Δη, Δφ and mass (its energy follows
     from them), which the first four preprocessed channels hold invertibly: the model reads them
     back itself (``taufm.models.part``), with this same ``PART_PREPROCESSING``.
     """
-    if strategy.uses_backbone:
-        return data["tokens"].astype(np.int64), data["token_mask"].astype(bool)
-    return part_inputs(data, part_input_set)
+    if not strategy.uses_backbone:
+        return part_inputs(data, strategy.inputs)
+    mask = data["token_mask"].astype(bool)
+    lifetime = strategy.inputs == "paper+lifetime"
+    if backbone_inputs == "tokens" and not lifetime:
+        return data["tokens"].astype(np.int64), mask
+    if TOKEN_FEATURES_COLUMN not in data:
+        raise TaufmError(f"strategy {strategy.name!r} needs the token shards' {TOKEN_FEATURES_COLUMN} column")
+    features = token_feature_array(data[TOKEN_FEATURES_COLUMN])
+    parts = [data["tokens"].astype(np.float32)[..., None] if backbone_inputs == "tokens" else features[..., :N_CANDIDATE_CHANNELS]]
+    if lifetime:
+        parts.append(features[..., N_CANDIDATE_CHANNELS : N_CANDIDATE_CHANNELS + LIFETIME_CHANNELS])
+    return np.ascontiguousarray(np.concatenate(parts, axis=-1), dtype=np.float32), mask
 
 
-def part_settings(settings: FinetuneSettings) -> tuple[ParTConfig, str]:
-    """The ParT's configuration and input set from ``finetune.part``: ``inputs`` (an input set
-    of :mod:`taufm.finetune.inputs`) sets ``n_features`` unless that is given, and must agree."""
+def head_channels(strategy: Strategy) -> int:
+    """Channels a backbone strategy's inputs carry past the backbone into the head."""
+    return LIFETIME_CHANNELS if strategy.uses_backbone and strategy.inputs == "paper+lifetime" else 0
+
+
+def resolve_strategy(name: str, settings: FinetuneSettings) -> Strategy:
+    """The strategy ``name`` with its input set resolved: ``+lifetime``, else the configured one
+    (``finetune.inputs``; the ParT's ``finetune.part.inputs``)."""
+    part_default = str(dict(settings.part).get("inputs", "paper"))
+    strategy = parse_strategy(name, settings.unfreeze_epoch, default_inputs=settings.inputs)
+    if not strategy.uses_backbone:
+        strategy = parse_strategy(name, settings.unfreeze_epoch, default_inputs=part_default)
+    check_input_set(strategy.inputs)
+    return strategy
+
+
+def part_settings(settings: FinetuneSettings, input_set: str | None = None) -> tuple[ParTConfig, str]:
+    """The ParT's configuration and input set from ``finetune.part``: ``input_set`` (a
+    ``+lifetime`` strategy's; default ``finetune.part.inputs``, an input set of
+    :mod:`taufm.finetune.inputs`) sets ``n_features`` unless that is given, and must agree."""
     values = dict(settings.part)
-    input_set = values.pop("inputs", "paper")
+    configured = values.pop("inputs", "paper")
+    input_set = input_set or configured
     n_inputs = check_input_set(input_set)
     if values.setdefault("n_features", n_inputs) != n_inputs:
         raise TaufmError(f"finetune.part.n_features is {values['n_features']}, but input set {input_set!r} has {n_inputs} inputs per candidate")
@@ -240,6 +292,12 @@ class BackboneCheckpoint:
         payload = load_checkpoint(path)
         return cls(path=path, payload=payload, config=backbone_config(path, payload), sha256=_file_digest(path))
 
+    @property
+    def name(self) -> str:
+        """The backbone's name in pretrain.backbones (checkpoints from before there were
+        several are the paper's backbone)."""
+        return str(self.payload.get("config", {}).get("backbone_name", DEFAULT_BACKBONE))
+
     def backbone(self, pretrained: bool) -> GPTBackbone:
         """The architecture with fresh weights, and the pretrained ones loaded strictly if asked."""
         backbone = GPTBackbone(self.config)
@@ -259,14 +317,15 @@ def build_model(task: str, strategy: Strategy, settings: FinetuneSettings, backb
     """The network of one strategy; pretrained weights loaded strictly where the strategy wants them."""
     seed_everything(seed)
     if not strategy.uses_backbone:
-        return ParticleTransformer(part_settings(settings)[0], n_outputs(task))
+        return ParticleTransformer(part_settings(settings, strategy.inputs)[0], n_outputs(task))
     if backbone is None:
         raise TaufmError(f"strategy {strategy.name!r} needs a pretrained backbone checkpoint")
     checkpoint = backbone if isinstance(backbone, BackboneCheckpoint) else BackboneCheckpoint.read(backbone)
     encoder = checkpoint.backbone(pretrained=strategy.pretrained)  # scratch: the same architecture, fresh weights
     _check_blocks(strategy, checkpoint)
-    head = TaskHead(encoder.config.dim, n_outputs(task), HeadConfig(**settings.head))
-    return FoundationModel(encoder, head, strategy.n_blocks)
+    extra = head_channels(strategy)
+    head = TaskHead(encoder.config.dim + extra, n_outputs(task), HeadConfig(**settings.head))
+    return FoundationModel(encoder, head, strategy.n_blocks, extra)
 
 
 def check_backbone_fits_tokens(backbone_path: Path, shards: Sequence[str | Path], pretrained: bool, payload: Mapping | None = None) -> None:
@@ -295,15 +354,29 @@ class TaskJets:
 
     train: Mapping[str, np.ndarray]
     val: Mapping[str, np.ndarray]
-    val_inputs: tuple[np.ndarray, np.ndarray]
     val_subset: np.ndarray | None  # indices into val; None: the whole validation set
     tests: Mapping[str, Mapping[str, np.ndarray]]
     inputs: tuple[Path, ...]  # the files the cells' identity hashes (shards, backbone)
     inputs_identity: Mapping[str, str]  # run_identity's hashes of those inputs and the code
 
 
-def load_task_jets(task: str, spec: TaskSettings, shards: Mapping[str, Sequence[str | Path]], strategy: Strategy, settings: FinetuneSettings, backbone_path: Path | None) -> TaskJets:
-    extra = ("tokens", "token_mask") if strategy.uses_backbone else (*CANDIDATE_COLUMNS, MASK_COLUMN)
+def load_task_jets(
+    task: str,
+    spec: TaskSettings,
+    shards: Mapping[str, Sequence[str | Path]],
+    strategies: Sequence[Strategy],
+    settings: FinetuneSettings,
+    backbone_path: Path | None,
+    backbone_inputs: str = "tokens",
+) -> TaskJets:
+    """The jets the cells of ``strategies`` (one kind: all backbone strategies, or all ParT)
+    read; the token features only when one of them needs them."""
+    strategy = strategies[0]
+    extra: tuple[str, ...] = (*CANDIDATE_COLUMNS, MASK_COLUMN)
+    if strategy.uses_backbone:
+        extra = ("tokens", "token_mask")
+        if backbone_inputs != "tokens" or any(head_channels(s) for s in strategies):
+            extra += (TOKEN_FEATURES_COLUMN,)
     train = load_task_data(task, spec, shards, spec.train_samples, "train", extra)
     val = load_task_data(task, spec, shards, spec.train_samples, "val", extra)
     if settings.max_val_jets is not None:
@@ -317,7 +390,6 @@ def load_task_jets(task: str, spec: TaskSettings, shards: Mapping[str, Sequence[
     return TaskJets(
         train=train,
         val=val,
-        val_inputs=model_inputs(strategy, val, part_settings(settings)[1]),
         val_subset=validation_subset(len(val["target"]), settings.val_subset_jets, settings.val_subset_seed),
         tests=tests,
         inputs=tuple(inputs),
@@ -393,9 +465,11 @@ def run_finetune_pack(
         raise TaufmError(f"unknown task {task!r}; known: {', '.join(TASK_NAMES)}")
     if not cells:
         raise TaufmError(f"{task}: no cells to train")
-    strategies = [parse_strategy(cell.strategy, settings.unfreeze_epoch) for cell in cells]
+    strategies = [resolve_strategy(cell.strategy, settings) for cell in cells]
     if len({s.uses_backbone for s in strategies}) > 1:
         raise TaufmError(f"{task}: a pack holds backbone strategies or part cells, not both ({', '.join(s.name for s in strategies)})")
+    if len({s.backbone for s in strategies}) > 1:
+        raise TaufmError(f"{task}: the cells of a pack start from one backbone ({', '.join(s.name for s in strategies)})")
     directories = [Path(cell.output_dir).resolve() for cell in cells]
     if len(set(directories)) < len(directories):
         raise TaufmError(f"{task}: two cells of the pack write the same run directory")
@@ -407,12 +481,15 @@ def run_finetune_pack(
         if backbone_path is None:
             raise TaufmError(f"strategy {strategies[0].name!r} needs a pretrained backbone checkpoint")
         checkpoint = BackboneCheckpoint.read(backbone_path)
+        if checkpoint.name != strategies[0].backbone:
+            raise TaufmError(f"strategy {strategies[0].name!r} starts from backbone {strategies[0].backbone!r}, but {backbone_path} holds backbone {checkpoint.name!r}")
         token_shards = [s for files in shards.values() for s in files]
         for pretrained in sorted({s.pretrained for s in strategies}):
             check_backbone_fits_tokens(backbone_path, token_shards, pretrained, checkpoint.payload)
         for strategy in strategies:
             _check_blocks(strategy, checkpoint)
-    jets = load_task_jets(task, spec, shards, strategies[0], settings, backbone_path)
+    backbone_inputs = checkpoint.config.inputs if checkpoint is not None else "tokens"
+    jets = load_task_jets(task, spec, shards, strategies, settings, backbone_path, backbone_inputs)
     for cell in cells:
         nested_subset(len(jets.train["target"]), cell.size, cell.seed)  # every size fits, before any cell trains
     summaries = []
@@ -441,9 +518,9 @@ def _train_cell(
     train = {k: v[subset] for k, v in jets.train.items()}
     model = build_model(task, strategy, settings, checkpoint, seed).to(device)
 
-    input_set = part_settings(settings)[1]  # the ParT's inputs (backbone strategies read tokens)
-    x_train, m_train = model_inputs(strategy, train, input_set)
-    x_val, m_val = jets.val_inputs
+    backbone_inputs = checkpoint.config.inputs if strategy.uses_backbone and checkpoint is not None else "tokens"
+    x_train, m_train = model_inputs(strategy, train, backbone_inputs)
+    x_val, m_val = model_inputs(strategy, jets.val, backbone_inputs)
     y_train, y_val = torch.from_numpy(train["target"]), torch.from_numpy(jets.val["target"])
     # Each epoch is judged on the validation subset; the kept model once on the whole set.
     pick = jets.val_subset if jets.val_subset is not None else slice(None)
@@ -582,6 +659,8 @@ def _train_cell(
         "base_strategy": strategy.base,
         "unfreeze_epoch": strategy.unfreeze_epoch,
         "n_blocks": strategy.n_blocks,
+        "backbone_name": strategy.backbone,
+        "inputs": strategy.inputs,
         "size": size,
         "seed": seed,
         "task_settings": dataclasses.asdict(spec),
@@ -593,7 +672,7 @@ def _train_cell(
     save_checkpoint(output_dir / "model.pt", {"config": {**resolved, "settings_hash": config_hash(resolved)}, "model": best_state, "best": kept})
     with ShardWriter(output_dir / "predictions.parquet") as writer:
         for sample, data in jets.tests.items():
-            x, m = model_inputs(strategy, data, input_set)
+            x, m = model_inputs(strategy, data, backbone_inputs)
             outputs = evaluate_outputs(model, x, m, settings.batch_size, device)
             keep = ("sample", "event", "jet_index", "label", "decay_mode", "jet_pt", "jet_eta", "gen_tau_vis_pt", "target")
             writer.write({**{k: data[k] for k in keep}, **predict(task, outputs, data)})

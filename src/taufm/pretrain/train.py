@@ -1,4 +1,18 @@
-"""Next-token pretraining of the GPT backbone: resumable, GPU-aware, DistributedDataParallel-ready.
+"""Pretraining of a backbone: resumable, GPU-aware, DistributedDataParallel-ready.
+
+Each backbone of ``pretrain.backbones`` is an input kind and an objective (``settings.backbone``):
+
+- ``tokens-ntp`` style (``inputs: tokens, objective: ntp``): the paper's next-token prediction
+  on VQ-VAE tokens, causal attention;
+- ``inputs: continuous``: the same blocks read the candidates' preprocessed features (the token
+  shards' ``token_features``) and, with ``ntp``, predict the next candidate's token (the
+  tokenizer is then only the target);
+- ``objective: mpm``: masked particle modelling. In every jet each candidate is hidden with
+  probability ``mask_fraction`` (its input replaced by a learned vector; the start and stop
+  positions never are), attention is bidirectional, and the loss is the cross entropy of the
+  hidden candidates' tokens (``target: tokens``) or the mean squared error of their features
+  (``target: features``). The hidden positions are drawn from (seed, step), so a resumed run and
+  every validation pass draw the same ones.
 
 One script for every scale: ``taufm pretrain`` runs it in one process; ``torchrun
 --nproc_per_node N -m taufm.cli pretrain ...`` runs it data-parallel (NCCL on GPUs, gloo on CPU),
@@ -21,6 +35,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -31,6 +46,7 @@ from taufm.errors import TaufmError
 from taufm.io import atomic_output
 from taufm.models.gpt import GPTBackbone, GPTConfig, NextTokenHead, next_token_loss_from_embeddings
 from taufm.pretrain.data import TokenBatches, token_vocabulary
+from taufm.tokenizer.tokenize import N_CANDIDATE_CHANNELS, START_TOKEN
 from taufm.train.runtime import (
     ComputeMeter,
     History,
@@ -77,6 +93,19 @@ class PretrainSettings:
     seed: int = 2
     device: str = "auto"
     compile: bool = False
+    backbone: Mapping = field(default_factory=lambda: {"name": "tokens-ntp", "inputs": "tokens", "objective": "ntp", "mask_fraction": 0.4, "target": "tokens"})
+
+    @property
+    def objective(self) -> str:
+        return str(self.backbone["objective"])
+
+    @property
+    def continuous(self) -> bool:
+        return self.backbone["inputs"] == "continuous"
+
+    @property
+    def predicts_features(self) -> bool:
+        return self.objective == "mpm" and self.backbone.get("target", "tokens") == "features"
 
     @classmethod
     def from_mapping(cls, values: Mapping | None) -> PretrainSettings:
@@ -87,7 +116,49 @@ class PretrainSettings:
         return settings
 
     def to_dict(self) -> dict:
-        return {**dataclasses.asdict(self), "model": dict(self.model)}
+        return {**dataclasses.asdict(self), "model": dict(self.model), "backbone": dict(self.backbone)}
+
+
+class FeatureHead(nn.Module):
+    """The candidate's continuous features from its embedding (masked feature modelling)."""
+
+    def __init__(self, config: GPTConfig, n_features: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(config.dim, n_features)
+
+    def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
+        return self.linear(embeddings)
+
+
+MASK_SEED_OFFSET = {"train": 0, "val": 1}
+
+
+def hidden_candidates(tokens: torch.Tensor, mask: torch.Tensor, vocab_size: int, fraction: float, seed: int, split: str, step: int) -> torch.Tensor:
+    """(batch, length) bool: the candidate positions masked particle modelling hides in this
+    batch, each with probability ``fraction``, drawn from (seed, split, step) alone. Start, stop
+    and padding positions are never hidden."""
+    candidates = mask & (tokens != START_TOKEN) & (tokens < vocab_size - 1)
+    generator = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, MASK_SEED_OFFSET[split], step]).generate_state(1)[0]))
+    draw = torch.rand(tokens.shape, generator=generator).to(tokens.device)
+    return candidates & (draw < fraction)
+
+
+def objective_loss(
+    settings: PretrainSettings, backbone: nn.Module, head: nn.Module, batch: Sequence[torch.Tensor], vocab_size: int, split: str, step: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum of the losses, number of predictions) of the backbone's objective on one batch:
+    ``batch`` is (tokens, mask) or (tokens, mask, features)."""
+    tokens, mask = batch[0], batch[1]
+    inputs = batch[2] if settings.continuous else tokens
+    if settings.objective == "ntp":
+        return next_token_loss_from_embeddings(head, backbone(inputs, mask), tokens, mask)
+    hidden = hidden_candidates(tokens, mask, vocab_size, float(settings.backbone.get("mask_fraction", 0.4)), settings.seed, split, step)
+    embeddings = backbone(inputs, mask, hidden=hidden)
+    predicted = head(embeddings[hidden]).float()
+    if settings.predicts_features:
+        squared = (predicted - batch[2][hidden].float()).pow(2).mean(dim=-1)
+        return squared.sum(), hidden.sum()
+    return torch.nn.functional.cross_entropy(predicted, tokens[hidden].long(), reduction="sum"), hidden.sum()
 
 
 @dataclass
@@ -124,25 +195,37 @@ def _all_sum(value: torch.Tensor, ddp: _Distributed) -> torch.Tensor:
 
 
 @torch.no_grad()
-def validation_loss(backbone: GPTBackbone, head: NextTokenHead, batches: TokenBatches, max_batches: int | None, device: torch.device, ddp: _Distributed) -> float:
+def validation_loss(
+    settings: PretrainSettings, backbone: GPTBackbone, head: nn.Module, batches: TokenBatches, max_batches: int | None, device: torch.device, ddp: _Distributed
+) -> float:
     backbone.eval()
     head.eval()
     total = torch.zeros(2, dtype=torch.float64, device=device)
-    for i, (tokens, mask) in enumerate(batches.epoch(0)):
+    for i, batch in enumerate(batches.epoch(0)):
         if max_batches is not None and i >= max_batches:
             break
-        tokens, mask = tokens.to(device), mask.to(device)
+        batch = [t.to(device) for t in batch]
         with autocast(device):
-            loss_sum, count = next_token_loss_from_embeddings(head, backbone(tokens, mask), tokens, mask)
+            loss_sum, count = objective_loss(settings, backbone, head, batch, backbone.config.vocab_size, "val", i)
         total += torch.stack([loss_sum.double(), count.double()])
     total = _all_sum(total, ddp)
     return float(total[0] / total[1].clamp(min=1))
 
 
-def backbone_payload(backbone: GPTBackbone, head: NextTokenHead, vocabulary: Mapping, extra: Mapping) -> dict:
+def backbone_payload(backbone: GPTBackbone, head: nn.Module, vocabulary: Mapping, extra: Mapping, objective: Mapping | None = None) -> dict:
     config = backbone.config.to_dict()
+    objective = dict(objective or PretrainSettings().backbone)
     return {
-        "config": {"model": config, "vocab_size": config["vocab_size"], "dim": config["dim"], "n_blocks": config["n_blocks"], "tokenizer_sha256": vocabulary["tokenizer_sha256"], "token_ids": dict(vocabulary["token_ids"])},
+        "config": {
+            "model": config,
+            "vocab_size": config["vocab_size"],
+            "dim": config["dim"],
+            "n_blocks": config["n_blocks"],
+            "tokenizer_sha256": vocabulary["tokenizer_sha256"],
+            "token_ids": dict(vocabulary["token_ids"]),
+            "backbone_name": objective["name"],
+            "objective": objective,
+        },
         "backbone": cpu_copy(backbone.state_dict()),
         "head": cpu_copy(head.state_dict()),
         **extra,
@@ -156,16 +239,17 @@ class _BackboneWithHead(nn.Module):
         super().__init__()
         self.backbone, self.head = backbone, head
 
-    def forward(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return self.head(self.backbone(tokens, mask))
+    def forward(self, inputs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(inputs, mask))
 
 
-def pretraining_flops_per_jet(backbone: nn.Module, head: nn.Module, batches: TokenBatches) -> float:
-    """Forward FLOPs per jet of backbone + head (logits at every position) on the first 32 jets
-    of ``batches``' first batch, counted on copies (the models' states stay untouched)."""
-    tokens, mask = next(iter(batches.epoch(0)))
+def pretraining_flops_per_jet(backbone: nn.Module, head: nn.Module, batches: TokenBatches, continuous: bool = False) -> float:
+    """Forward FLOPs per jet of backbone + head (its outputs at every position) on the first 32
+    jets of ``batches``' first batch, counted on copies (the models' states stay untouched)."""
+    batch = next(iter(batches.epoch(0)))
+    inputs = batch[2] if continuous else batch[0]
     module = _BackboneWithHead(copy.deepcopy(backbone), copy.deepcopy(head)).cpu()
-    return forward_flops_per_jet(module, tokens[:32].cpu(), mask[:32].cpu())
+    return forward_flops_per_jet(module, inputs[:32].cpu(), batch[1][:32].cpu())
 
 
 def backbone_config(path: str | Path, payload: Mapping | None = None) -> GPTConfig:
@@ -194,13 +278,18 @@ def pretrain(shards: Sequence[str | Path], output_dir: str | Path, settings: Pre
     output_dir = Path(output_dir)
     ddp, device = _start_distributed(settings.device)
     vocabulary = token_vocabulary(shards)
-    config = GPTConfig(vocab_size=vocabulary["token_ids"]["vocabulary_size"], max_length=settings.max_length, **settings.model)
+    kind = {"causal": settings.objective == "ntp", "mask_embedding": settings.objective == "mpm"}
+    if settings.continuous:
+        kind.update(inputs="continuous", n_features=N_CANDIDATE_CHANNELS)
+    config = GPTConfig(vocab_size=vocabulary["token_ids"]["vocabulary_size"], max_length=settings.max_length, **settings.model, **kind)
     identity = run_identity("pretrain", {**settings.to_dict(), "world_size": ddp.world_size, "vocabulary": vocabulary}, shards)
 
     seed_everything(settings.seed)
-    backbone, head = GPTBackbone(config).to(device), NextTokenHead(config).to(device)
-    train = TokenBatches(shards, "train", settings.batch_size, settings.max_length, settings.seed, ddp.rank, ddp.world_size)
-    val = TokenBatches(shards, "val", settings.batch_size, settings.max_length, settings.seed, ddp.rank, ddp.world_size)
+    backbone = GPTBackbone(config).to(device)
+    head = (FeatureHead(config, N_CANDIDATE_CHANNELS) if settings.predicts_features else NextTokenHead(config)).to(device)
+    features = settings.continuous or settings.predicts_features
+    train = TokenBatches(shards, "train", settings.batch_size, settings.max_length, settings.seed, ddp.rank, ddp.world_size, features=features)
+    val = TokenBatches(shards, "val", settings.batch_size, settings.max_length, settings.seed, ddp.rank, ddp.world_size, features=features)
     if train.n_rows == 0:
         raise TaufmError("no training jets in the train split of: " + ", ".join(map(str, shards)))
     steps_per_epoch = train.batches_per_epoch()
@@ -252,18 +341,23 @@ def pretrain(shards: Sequence[str | Path], output_dir: str | Path, settings: Pre
             )
 
     if ddp.main:
-        log.info("pretraining: %d jets, %d steps per epoch, vocabulary %d, %d processes on %s", train.n_rows, steps_per_epoch, config.vocab_size, ddp.world_size, device)
+        objective = settings.backbone
+        log.info(
+            "pretraining %s (%s inputs, %s): %d jets, %d steps per epoch, vocabulary %d, %d processes on %s",
+            objective["name"], objective["inputs"], objective["objective"], train.n_rows, steps_per_epoch, config.vocab_size, ddp.world_size, device,
+        )
     meter = ComputeMeter(device, ddp.world_size)
     for epoch in range(position["epoch"], settings.epochs):
         started, tokens_seen = time.perf_counter(), 0
         train_backbone.train()
         train_head.train()
-        for step, (tokens, mask) in enumerate(train.epoch(epoch)):
+        for step, batch in enumerate(train.epoch(epoch)):
             if step < position["step_in_epoch"]:
                 continue  # already done before the restart
-            tokens, mask = tokens.to(device), mask.to(device)
+            batch = [t.to(device) for t in batch]
+            tokens, mask = batch[0], batch[1]
             with autocast(device):
-                loss_sum, count = next_token_loss_from_embeddings(train_head, train_backbone(tokens, mask), tokens, mask)
+                loss_sum, count = objective_loss(settings, train_backbone, train_head, batch, config.vocab_size, "train", position["global_step"])
             global_count = _all_sum(count.detach().double(), ddp).clamp(min=1)
             # DDP averages gradients over processes: scale so the update is that of the global mean.
             loss = loss_sum * ddp.world_size / global_count
@@ -278,7 +372,7 @@ def pretrain(shards: Sequence[str | Path], output_dir: str | Path, settings: Pre
             position.update(step_in_epoch=step + 1, global_step=position["global_step"] + 1)
             if position["global_step"] % settings.checkpoint_every == 0:
                 checkpoint()
-        val_loss = validation_loss(backbone, head, val, settings.max_val_batches, device, ddp) if val.n_rows else float("nan")
+        val_loss = validation_loss(settings, backbone, head, val, settings.max_val_batches, device, ddp) if val.n_rows else float("nan")
         seconds = time.perf_counter() - started
         row = {
             "epoch": epoch,
@@ -296,25 +390,25 @@ def pretrain(shards: Sequence[str | Path], output_dir: str | Path, settings: Pre
         if val_loss < best["val_loss"]:
             best = {"val_loss": val_loss, "epoch": epoch}
             if ddp.main:  # only the main process writes files: only it keeps a copy
-                best_payload = backbone_payload(backbone, head, vocabulary, {"validation": dict(best)})
+                best_payload = backbone_payload(backbone, head, vocabulary, {"validation": dict(best)}, settings.backbone)
                 save_checkpoint(output_dir / BEST_BACKBONE_FILE, best_payload)
         position = {"epoch": epoch + 1, "step_in_epoch": 0, "global_step": position["global_step"]}
         epoch_sums = torch.zeros(2, dtype=torch.float64)
         checkpoint()
 
-    summary = {"best": best, "epochs": settings.epochs, "steps": position["global_step"], "world_size": ddp.world_size, "device": str(device), "vocab_size": config.vocab_size}
+    summary = {"backbone": dict(settings.backbone), "best": best, "epochs": settings.epochs, "steps": position["global_step"], "world_size": ddp.world_size, "device": str(device), "vocab_size": config.vocab_size}
     if ddp.main:
         # Every declared output, also when a resumed run had nothing left to train (the workflow
         # deletes a job's outputs before rerunning it). The best file holds the best epoch's
         # weights; without validation jets (no best epoch) the last weights are the best we have.
         history.write()
         if best_payload is None:
-            best_payload = backbone_payload(backbone, head, vocabulary, {"validation": dict(best)})
+            best_payload = backbone_payload(backbone, head, vocabulary, {"validation": dict(best)}, settings.backbone)
         save_checkpoint(output_dir / BEST_BACKBONE_FILE, best_payload)
-        save_checkpoint(output_dir / BACKBONE_FILE, backbone_payload(backbone, head, vocabulary, {"summary": summary}))
+        save_checkpoint(output_dir / BACKBONE_FILE, backbone_payload(backbone, head, vocabulary, {"summary": summary}, settings.backbone))
         # The cost goes to model_config.json only: the checkpoints hold no timings, so that two
         # runs with one seed write byte-identical backbones.
-        cost = {**parameter_counts(backbone), "flops_per_jet": pretraining_flops_per_jet(backbone, head, val if val.n_rows else train), **meter.summary()}
+        cost = {**parameter_counts(backbone), "flops_per_jet": pretraining_flops_per_jet(backbone, head, val if val.n_rows else train, settings.continuous), **meter.summary()}
         with atomic_output(output_dir / MODEL_CONFIG_FILE) as tmp:
             tmp.write_text(json.dumps({"model": config.to_dict(), "settings": settings.to_dict(), **summary, "cost": cost}, indent=2, sort_keys=True, default=str) + "\n")
     if ddp.world_size > 1:

@@ -5,6 +5,14 @@ token is 0, the codes of the jet's candidates (pT order, after the tokenizer's a
 shifted to 1..K, the stop token is K + 1; padding positions hold 0 and are false in
 ``token_mask``. Every other column of the input shard (labels, jet kinematics, split) is carried
 over, so the token shards are all later stages need.
+
+Beside the tokens, ``token_features`` holds what each token stands for, position by position
+(:data:`TOKEN_FEATURE_NAMES`, zero at the start, stop and padding positions): the tokenizer's
+view of the candidate (its preprocessed inputs: scaled log pT, Δη, Δφ, mass, the charge and the
+five PID flags), which continuous-input backbones read instead of the token, and the four
+lifetime channels of :mod:`taufm.finetune.inputs` (signed impact parameters and significances),
+which the ``+lifetime`` strategies give their head. Parquet holds it flattened: (jets, positions
+x channels); :func:`token_feature_array` restores the three axes.
 """
 
 from __future__ import annotations
@@ -19,12 +27,37 @@ import torch
 
 from taufm.data import CANDIDATE_FEATURE_COLUMNS, candidate_arrays, column_to_numpy, iter_parquet_batches, read_parquet_or_fail
 from taufm.errors import TaufmError
+from taufm.finetune.inputs import LIFETIME_CHANNEL_NAMES, LIFETIME_COLUMNS, lifetime_channels
 from taufm.ingest.shards import MASK_COLUMN, ShardWriter
+from taufm.tokenizer.preprocessing import PID_FLAGS
 from taufm.tokenizer.train import load_tokenizer
 
 log = logging.getLogger(__name__)
 
 START_TOKEN = 0
+TOKEN_FEATURES_COLUMN = "token_features"
+CANDIDATE_CHANNEL_NAMES = ("scaled_log_pt", "scaled_deta", "scaled_dphi", "scaled_mass", "charge", *PID_FLAGS)  # the tokenizer's preprocessed inputs
+TOKEN_FEATURE_NAMES = (*CANDIDATE_CHANNEL_NAMES, *LIFETIME_CHANNEL_NAMES)
+N_CANDIDATE_CHANNELS = len(CANDIDATE_CHANNEL_NAMES)
+
+
+def token_feature_array(flat: np.ndarray) -> np.ndarray:
+    """(jets, positions, channels) float32 from the stored (jets, positions x channels)."""
+    flat = np.asarray(flat, dtype=np.float32)
+    channels = len(TOKEN_FEATURE_NAMES)
+    return flat.reshape(len(flat), flat.shape[1] // channels if flat.ndim == 2 else 0, channels)
+
+
+def token_features(channels: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """(jets, candidates + 2, channels): each real candidate's channels at its token's position
+    (the candidates in the order :func:`token_sequences` gives them), zero elsewhere."""
+    n_jets, width, n_channels = channels.shape
+    order = np.argsort(~mask, axis=1, kind="stable")
+    compact = np.take_along_axis(channels, order[..., None], axis=1)
+    real = np.arange(width)[None, :] < mask.sum(axis=1)[:, None]
+    out = np.zeros((n_jets, width + 2, n_channels), dtype=np.float32)
+    out[:, 1 : width + 1] = np.where(real[..., None], compact, 0.0)
+    return out
 
 
 def stop_token(codebook_size: int) -> int:
@@ -54,6 +87,16 @@ def codes_of_tokens(tokens: np.ndarray, token_mask: np.ndarray, codebook_size: i
 
 def _file_digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+def _lifetime_or_zeros(table: dict, shard: Path) -> np.ndarray:
+    """The lifetime channels of the candidates; zeros (said once per shard) for a shard
+    ingested without the impact-parameter columns."""
+    width = table[MASK_COLUMN].shape[1]
+    if all(c in table for c in (*LIFETIME_COLUMNS, "cand_deta", "cand_dphi", "jet_eta")):
+        return lifetime_channels(table)
+    log.warning("%s has no %s columns: its lifetime channels are zero", shard, "/".join(LIFETIME_COLUMNS))
+    return np.zeros((len(table[MASK_COLUMN]), width, len(LIFETIME_CHANNEL_NAMES)), dtype=np.float32)
 
 
 @torch.no_grad()
@@ -89,7 +132,10 @@ def tokenize_shard(shard: str | Path, tokenizer: str | Path, output: str | Path,
                 latent = model.encode(x, m)
                 codes[inputs["mask"]] = model.quantizer.nearest(latent[m]).numpy()
             tokens, token_mask = token_sequences(codes, inputs["mask"], k)
-            writer.write({**{c: table[c] for c in carried}, "n_tokens": token_mask.sum(axis=1).astype(np.int16), "tokens": tokens, "token_mask": token_mask})
+            channels = np.concatenate([inputs["inputs"], _lifetime_or_zeros(table, shard)], axis=-1)
+            features = token_features(channels, inputs["mask"])
+            columns = {**{c: table[c] for c in carried}, "n_tokens": token_mask.sum(axis=1).astype(np.int16), "tokens": tokens, "token_mask": token_mask}
+            writer.write({**columns, TOKEN_FEATURES_COLUMN: features.reshape(len(features), features.shape[1] * features.shape[2])})
             jets += len(tokens)
             dropped += int((mask & ~inputs["mask"]).sum())
         writer.manifest = {
@@ -100,6 +146,7 @@ def tokenize_shard(shard: str | Path, tokenizer: str | Path, output: str | Path,
             "candidates_dropped_by_tokenizer_cuts": dropped,
             "tokenizer": {"path": str(tokenizer), "sha256": _file_digest(tokenizer), "codebook_size": k, "model": model.config.to_dict(), "preprocessing": preprocessing.to_dict()},
             "token_ids": {"start": START_TOKEN, "codes": [1, k], "stop": stop_token(k), "padding": 0, "vocabulary_size": k + 2},
+            "token_features": list(TOKEN_FEATURE_NAMES),
         }
     log.info("tokenized %s -> %s: %d jets", shard, output, jets)
     return dict(writer.manifest)
