@@ -27,13 +27,12 @@ include: "workflow/rules/evaluate.smk"
 rule all:
     """Everything the landed stages produce: the ingested jet shards of every sample with their
     data-quality figures, the trained tokenizer with the paper's Fig. 2-3 checks, the token
-    shards, the pretrained backbone, the fine-tuning grid, the metrics table and the paper's
+    shards, every pretrained backbone, the fine-tuning grid, the metrics table and the paper's
     figures (from the simulated files, or the real files in data.files)."""
     input:
         all_ingested(),
         all_dataquality_figures(),
         all_tokenizer_outputs(),
-        [result(f"{paths.PRETRAIN_DIR}/{name}") for name in paths.PRETRAIN_OUTPUTS],
-        multiext(result(paths.PRETRAIN_LOSS_CURVE), ".png", ".pdf"),
+        all_pretrain_outputs(),
         [f"{run}/{name}" for run in finetune_runs() for name in paths.FINETUNE_FILES],
         all_evaluation_outputs(),

@@ -2,7 +2,8 @@
 
 The schema checks each value on its own (types, ranges, names); these checks relate values:
 split ratios that must sum to 1, model widths that attention heads must divide, fine-tuning
-strategies that must name a known strategy and no more backbone blocks than pretraining trains,
+strategies that must name a known strategy and a configured backbone, and no more backbone blocks
+than that backbone's pretraining trains,
 the ParT's input count that its input set fixes.
 Without them such a configuration passes ``snakemake -n`` and fails deep in the run, after the
 first stages have already replaced their outputs.
@@ -15,7 +16,7 @@ from collections.abc import Mapping
 
 from taufm.errors import TaufmError
 from taufm.finetune.inputs import INPUT_SETS
-from taufm.finetune.strategies import parse_strategy
+from taufm.finetune.strategies import DEFAULT_BACKBONE, parse_strategy
 
 # (config section, width key) of every attention stack whose width n_heads must divide.
 ATTENTION_WIDTHS = (
@@ -58,15 +59,24 @@ def cross_setting_errors(config: Mapping) -> list[str]:
     if "n_features" in part and part["n_features"] != INPUT_SETS.get(part.get("inputs", "paper"), part["n_features"]):
         inputs = part.get("inputs", "paper")
         errors.append(f"finetune.part: n_features {part['n_features']} but input set {inputs!r} has {INPUT_SETS[inputs]} inputs per candidate (leave n_features out)")
-    backbone_blocks = _section(config, "pretrain.model").get("n_blocks")
+    pretrain = _section(config, "pretrain")
+    backbones = pretrain.get("backbones", {DEFAULT_BACKBONE: {}})
+    for backbone, entry in backbones.items():
+        model = {**_section(config, "pretrain.model"), **(entry.get("model", {}) if isinstance(entry, Mapping) else {})}
+        if "dim" in model and "n_heads" in model and model["dim"] % model["n_heads"]:
+            errors.append(f"pretrain.backbones.{backbone}: model dim {model['dim']} is not divisible by n_heads {model['n_heads']}")
     for name in finetune_strategies(finetune):
         try:
-            strategy = parse_strategy(name, int(finetune.get("unfreeze_epoch", 0)))
+            strategy = parse_strategy(name, int(finetune.get("unfreeze_epoch", 0)), list(backbones))
         except TaufmError as err:
             errors.append(f"finetune: {err}")
             continue
-        if strategy.n_blocks is not None and backbone_blocks is not None and strategy.n_blocks > backbone_blocks:
-            errors.append(f"finetune: strategy {name!r} uses {strategy.n_blocks} pretrained blocks; pretrain.model.n_blocks is {backbone_blocks}")
+        if strategy.backbone is None:
+            continue
+        entry = backbones[strategy.backbone]
+        blocks = (entry.get("model", {}) if isinstance(entry, Mapping) else {}).get("n_blocks", _section(config, "pretrain.model").get("n_blocks"))
+        if strategy.n_blocks is not None and blocks is not None and strategy.n_blocks > blocks:
+            errors.append(f"finetune: strategy {name!r} uses {strategy.n_blocks} pretrained blocks; backbone {strategy.backbone} has {blocks} (pretrain.model.n_blocks or its pretrain.backbones entry)")
     return errors
 
 

@@ -29,7 +29,7 @@ FIG2_STEM = "fig2_residuals"
 FIG3_PID_STEM = "fig3_pid_confusion"
 FIG3_CHARGE_STEM = "fig3_charge_confusion"
 TOKENIZER_FIGURE_STEMS = (FIG2_STEM, FIG3_PID_STEM, FIG3_CHARGE_STEM)
-PRETRAIN_DIR = "pretrain"
+PRETRAIN_DIR = "pretrain/{backbone}"  # one per backbone of pretrain.backbones
 BACKBONE_FILE = "backbone.pt"
 BEST_BACKBONE_FILE = "backbone_best.pt"
 BACKBONE_CONFIG_FILE = "model_config.json"
@@ -41,6 +41,11 @@ TOKENIZED_EE = "tokenized/future/{sample}/{sample}_{shard}.parquet"
 TOKENIZED_JETCLASS = "tokenized/jetclass/{process}/{process}_{shard}.parquet"
 LOGS = "logs/{stage}/{name}.log"
 BENCHMARKS = "benchmarks/{stage}/{name}.tsv"
+
+
+def pretrain_file(backbone: str, name: str) -> str:
+    """A file of one backbone's pretraining directory (relative to the results directory)."""
+    return f"{PRETRAIN_DIR.format(backbone=backbone)}/{name}"
 
 
 def shard_label(index: int) -> str:

@@ -5,9 +5,10 @@ import json
 from pathlib import Path
 
 from taufm import paths
-from taufm.config import SCHEMA_PATH, SETTINGS_PAYLOADS, validate_config
+from taufm.config import SCHEMA_PATH, SETTINGS_PAYLOADS, pretrain_backbone_payload, validate_config
 from taufm.config_checks import check_cross_settings
 from taufm.errors import TaufmError
+from taufm.finetune.strategies import DEFAULT_BACKBONE, parse_strategy
 from taufm.provenance import STAGE_SOURCES, stage_source_hash
 
 validate_config(config, SCHEMA_PATH)  # the schema ships in the package: src/taufm/schemas/
@@ -146,6 +147,22 @@ def tokenizer_settings():
 
 # Pretraining
 PRETRAIN = config["pretrain"]
+BACKBONES = list(PRETRAIN["backbones"])
+
+
+def pretrain_settings(backbone):
+    """The JSON settings of one backbone's pretraining job (taufm.config.pretrain_backbone_payload)."""
+    return as_json(pretrain_backbone_payload(config, backbone))
+
+
+def backbone_checkpoint(backbone):
+    return result(paths.pretrain_file(backbone, paths.BEST_BACKBONE_FILE))
+
+
+def all_pretrain_outputs():
+    files = [result(paths.pretrain_file(b, name)) for b in BACKBONES for name in paths.PRETRAIN_OUTPUTS]
+    curves = [result(paths.PRETRAIN_LOSS_CURVE.format(backbone=b)) + ext for b in BACKBONES for ext in (".png", ".pdf")]
+    return files + curves
 
 
 def pretrain_command():
@@ -164,18 +181,33 @@ def finetune_settings():
     return settings_payload("finetune")
 
 
+def strategy_backbone(strategy):
+    """The backbone a strategy starts from (None for the ParT baseline); names were checked
+    against pretrain.backbones before any job (taufm.config_checks)."""
+    return parse_strategy(strategy, FINETUNE["unfreeze_epoch"], BACKBONES).backbone
+
+
 def finetune_shards(wildcards):
     """Token shards of every e+e- sample (ingested shards for the ParT baseline)."""
-    if wildcards.strategy == "part":
+    if strategy_backbone(wildcards.strategy) is None:
         return {name: ingested_shards(name) for name in FUTURE_SAMPLES}
     return {name: [str(paths.tokenized_ee(RESULTS, name, i)) for i in range(len(future_inputs(name)))] for name in FUTURE_SAMPLES}
 
 
 def finetune_inputs(wildcards):
     shards = [s for files in finetune_shards(wildcards).values() for s in files]
-    if wildcards.strategy == "part":
-        return shards
-    return shards + [result(f"{paths.PRETRAIN_DIR}/backbone_best.pt")]
+    backbone = strategy_backbone(wildcards.strategy)
+    return shards if backbone is None else shards + [backbone_checkpoint(backbone)]
+
+
+def finetune_shard_arguments(kind, wildcards):
+    """SAMPLE=SHARD words of a job: of ``kind``'s strategy, or (None) the wildcards'."""
+    return [f"{name}={s}" for name, files in finetune_shards(kind or wildcards).items() for s in files]
+
+
+def finetune_backbone_argument(wildcards):
+    backbone = strategy_backbone(wildcards.strategy)
+    return [] if backbone is None else ["--backbone", backbone_checkpoint(backbone)]
 
 
 def finetune_runs():
@@ -196,6 +228,6 @@ if "decay_mode" not in FINETUNE["grid"]["tasks"] or "finetune" not in FINETUNE["
 
 
 def all_evaluation_outputs():
-    stems = ("fig4_validation_loss", "fig5_physics", "fig6_tsne", "fig7_ablations")
+    stems = ("fig4_validation_loss", "fig5_physics", "fig6_tsne", "fig7_ablations", "fig8_backbones")
     probes = [result("embedding_probes.csv"), result("figures/embedding_probes.png"), result("figures/embedding_probes.pdf")]
     return [result("metrics.csv"), result("figures/summary_table.md"), *probes] + [result(f"figures/{s}.{e}") for s in stems for e in ("png", "pdf")]

@@ -35,7 +35,7 @@ rule aggregate_metrics:
         metrics=[f"{run}/metrics.json" for run in finetune_runs()],
         details=[f"{run}/metrics_details.json" for run in finetune_runs()],
         tokenizer=result(paths.TOKENIZER_SUMMARY),
-        pretrain=result(f"{paths.PRETRAIN_DIR}/{paths.BACKBONE_CONFIG_FILE}"),
+        pretrain=[result(paths.pretrain_file(b, paths.BACKBONE_CONFIG_FILE)) for b in BACKBONES],
     output:
         csv=report(result("metrics.csv"), caption="../report/metrics.rst", category="Tables"),
         parquet=result("metrics.parquet"),
@@ -45,6 +45,8 @@ rule aggregate_metrics:
         grid_cost_parquet=result("grid_cost.parquet"),
     params:
         code=CODE["metrics"],
+        # Each backbone's pretraining cost under its own stage name, pretrain@<backbone>.
+        pretrain_costs=lambda wildcards, input: [f"--stage-cost=pretrain@{b}={path}" for b, path in zip(BACKBONES, input.pretrain)],
     log:
         result(paths.LOGS.format(stage="metrics", name="aggregate")),
     conda:
@@ -53,7 +55,7 @@ rule aggregate_metrics:
         "taufm aggregate-metrics --csv {output.csv:q} --parquet {output.parquet:q}"
         " --comparisons-csv {output.comparisons_csv:q} --comparisons-parquet {output.comparisons_parquet:q}"
         " --grid-cost-csv {output.grid_cost_csv:q} --grid-cost-parquet {output.grid_cost_parquet:q}"
-        " --stage-cost tokenizer={input.tokenizer:q} --stage-cost pretrain={input.pretrain:q}"
+        " --stage-cost tokenizer={input.tokenizer:q} {params.pretrain_costs:q}"
         " {input.metrics:q} 2> {log:q}"
 
 
@@ -98,7 +100,7 @@ rule embeddings:
     decay-mode accuracy under a linear probe and a kNN probe (a table and a figure)."""
     input:
         shards=lambda wildcards: [str(paths.tokenized_ee(RESULTS, "Z_Ztautau", i)) for i in range(len(future_inputs("Z_Ztautau")))],
-        pretrained=result(f"{paths.PRETRAIN_DIR}/backbone_best.pt"),
+        pretrained=backbone_checkpoint(DEFAULT_BACKBONE),
         finetuned=result(f"{paths.FINETUNE_RUN}/model.pt".format(task="decay_mode", strategy="finetune", size=EVALUATE["figure_size"], seed=FINETUNE["grid"]["seeds"][0])),
     output:
         embeddings=result("embeddings/tau_jet_embeddings.npz"),

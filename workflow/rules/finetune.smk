@@ -7,11 +7,12 @@ from functools import partial
 from types import SimpleNamespace
 
 from taufm.finetune.packs import cell_settings, pack_cell_arguments, pack_directory, pack_families
+from taufm.finetune.strategies import STRATEGY_PATTERN
 
 
 wildcard_constraints:
     task="tau_id|pt_regression|decay_mode",
-    strategy=r"(scratch|fixed|finetune|part)(-(unfreeze|blocks)(\d\d*|never))?",
+    strategy=STRATEGY_PATTERN,
     size=r"\d+",
     seed=r"\d+",
 
@@ -31,8 +32,8 @@ rule finetune:
     params:
         code=CODE["finetune"],
         settings=FINETUNE_CELL_SETTINGS,
-        shards=lambda wildcards: [f"{name}={s}" for name, files in finetune_shards(wildcards).items() for s in files],
-        backbone=lambda wildcards: [] if wildcards.strategy == "part" else ["--backbone", result(f"{paths.PRETRAIN_DIR}/backbone_best.pt")],
+        shards=partial(finetune_shard_arguments, None),
+        backbone=finetune_backbone_argument,
         output_dir=lambda wildcards, output: str(Path(output[0]).parent),
         torch_threads=FINETUNE_THREADS,
     log:
@@ -55,7 +56,9 @@ rule finetune:
 # One rule per pack family (finetune_pack: the grid's backbone strategies; finetune_pack_part:
 # its ParT baseline; finetune_pack_ablations), preferred over the per-cell rule for its cells.
 for family in FINETUNE_PACKS:
-    kind = SimpleNamespace(strategy="finetune" if family.uses_backbone else "part")
+    # A family packed by strategies holds one backbone's strategies (or the ParT's): its first
+    # strategy names the job's backbone and shards; otherwise the strategy is a wildcard.
+    kind = SimpleNamespace(strategy=family.strategies[0]) if "strategies" in family.by else None
 
     rule:
         """Several small cells of one task in one process (taufm finetune-pack): the shards and
@@ -63,7 +66,7 @@ for family in FINETUNE_PACKS:
         name:
             family.rule
         input:
-            finetune_inputs(kind),
+            finetune_inputs(kind) if kind else finetune_inputs,
         output:
             [result(f"{run}/{name}") for run in family.run_patterns() for name in paths.FINETUNE_FILES],
         wildcard_constraints:
@@ -71,8 +74,8 @@ for family in FINETUNE_PACKS:
         params:
             code=CODE["finetune"],
             settings=FINETUNE_CELL_SETTINGS,
-            shards=[f"{name}={s}" for name, files in finetune_shards(kind).items() for s in files],
-            backbone=["--backbone", result(f"{paths.PRETRAIN_DIR}/backbone_best.pt")] if family.uses_backbone else [],
+            shards=partial(finetune_shard_arguments, kind),
+            backbone=finetune_backbone_argument(kind) if kind else finetune_backbone_argument,
             cells=partial(pack_cell_arguments, family, results_dir=RESULTS),
             output_dir=partial(pack_directory, family, results_dir=RESULTS),
             torch_threads=FINETUNE_THREADS,

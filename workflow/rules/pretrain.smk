@@ -1,8 +1,15 @@
-# Pretraining: the GPT backbone learns next-token prediction on tokenized JetClass jets.
+# Pretraining: each backbone of pretrain.backbones (input kind x objective) learns on the
+# tokenized JetClass jets, in its own job and directory results/pretrain/<backbone>/.
+
+
+wildcard_constraints:
+    backbone="|".join(BACKBONES),
+
 
 rule pretrain:
-    """Next-token pretraining of the GPT backbone (loss masked over padding, AdamW with warm-up
-    and cosine decay, bf16 on GPU, DDP under torchrun); resumes from its last checkpoint."""
+    """Pretraining of one backbone: next-token prediction or masked particle modelling on tokens
+    or continuous features (loss masked over padding, AdamW with warm-up and cosine decay, bf16
+    on GPU, DDP under torchrun); resumes from its last checkpoint."""
     input:
         lambda wildcards: [str(paths.tokenized_jetclass(RESULTS, p, i)) for p in JETCLASS_PROCESSES for i in range(len(jetclass_inputs(p)))],
     output:
@@ -10,13 +17,13 @@ rule pretrain:
     params:
         code=CODE["pretrain"],
         command=pretrain_command(),
-        settings=settings_payload("pretrain"),
+        settings=lambda wildcards: pretrain_settings(wildcards.backbone),
         output_dir=lambda wildcards, output: str(Path(output[0]).parent),
         torch_threads=TORCH_THREADS,
     log:
-        result(paths.LOGS.format(stage="pretrain", name="pretrain")),
+        result(paths.LOGS.format(stage="pretrain", name="{backbone}")),
     benchmark:
-        result(paths.BENCHMARKS.format(stage="pretrain", name="pretrain"))
+        result(paths.BENCHMARKS.format(stage="pretrain", name="{backbone}"))
     conda:
         "../../envs/taufm.yaml"
     threads: TORCH_THREADS  # compute.torch_threads, for scheduling; --cores may cap it, --threads below stays
@@ -30,8 +37,8 @@ rule pretrain:
 
 
 rule pretrain_loss_curve:
-    """Training and validation next-token loss per epoch of the backbone pretraining (a figure
-    job: a style change redraws it without retraining)."""
+    """Training and validation loss per epoch of one backbone's pretraining (a figure job: a
+    style change redraws it without retraining)."""
     input:
         result(f"{paths.PRETRAIN_DIR}/{paths.TRAINING_HISTORY_FILE}"),
     output:
@@ -40,9 +47,9 @@ rule pretrain_loss_curve:
         code=CODE["figures"],
         stem=lambda wildcards, output: str(Path(output[0]).with_suffix("")),
     log:
-        result(paths.LOGS.format(stage="pretrain", name="loss_curve")),
+        result(paths.LOGS.format(stage="pretrain", name="loss_curve_{backbone}")),
     benchmark:
-        result(paths.BENCHMARKS.format(stage="pretrain", name="loss_curve"))
+        result(paths.BENCHMARKS.format(stage="pretrain", name="loss_curve_{backbone}"))
     conda:
         "../../envs/taufm.yaml"
     threads: 1

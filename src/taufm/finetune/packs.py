@@ -27,6 +27,7 @@ from pathlib import Path
 
 from taufm import paths
 from taufm.errors import TaufmError
+from taufm.finetune.strategies import DEFAULT_BACKBONE, parse_strategy
 
 PACK_DIMENSIONS = ("strategies", "seeds")
 PACK_RULES = {"grid": "finetune_pack", "part": "finetune_pack_part", "ablations": "finetune_pack_ablations"}
@@ -55,10 +56,11 @@ class PackFamily:
     sizes: tuple[int, ...]
     seeds: tuple[int, ...]
     by: tuple[str, ...]
+    backbone: str | None = None  # set when the family is one backbone's part of a grid packed by strategies
 
     @property
     def rule(self) -> str:
-        return PACK_RULES[self.kind]
+        return PACK_RULES[self.kind] + (f"_{self.backbone.replace('-', '_')}" if self.backbone else "")
 
     @property
     def uses_backbone(self) -> bool:
@@ -84,7 +86,7 @@ class PackFamily:
 
     def job_name(self) -> str:
         """A pattern naming one job (its log, benchmark and pack directory)."""
-        name = f"{self.kind}_{{task}}"
+        name = f"{self.kind}{'@' + self.backbone if self.backbone else ''}_{{task}}"
         if "strategies" not in self.by:
             name += "_{strategy}"
         name += "_n{size}"
@@ -130,12 +132,20 @@ def pack_families(finetune: Mapping) -> list[PackFamily]:
     families = []
     sizes = tuple(n for n in dict.fromkeys(grid["sizes"]) if n <= max_size)
     tasks, seeds = tuple(dict.fromkeys(grid["tasks"])), tuple(dict.fromkeys(grid["seeds"]))
-    backbone = tuple(s for s in dict.fromkeys(grid["strategies"]) if s != "part")
+    unfreeze = int(finetune.get("unfreeze_epoch", 0))
+    backbone_of = {s: parse_strategy(s, unfreeze).backbone for s in dict.fromkeys(grid["strategies"])}
+    backbone = tuple(s for s, b in backbone_of.items() if b is not None)
+    part = tuple(s for s, b in backbone_of.items() if b is None)
     if sizes and tasks and seeds:
-        if backbone:
+        if backbone and "strategies" in by:
+            # A job reads one backbone: the strategies of each backbone pack apart.
+            for name in dict.fromkeys(backbone_of[s] for s in backbone):
+                strategies = tuple(s for s in backbone if backbone_of[s] == name)
+                families.append(PackFamily("grid", tasks, strategies, sizes, seeds, by, backbone=name if name != DEFAULT_BACKBONE else None))
+        elif backbone:
             families.append(PackFamily("grid", tasks, backbone, sizes, seeds, by))
-        if "part" in grid["strategies"]:
-            families.append(PackFamily("part", tasks, ("part",), sizes, seeds, by))
+        if part:
+            families.append(PackFamily("part", tasks, part, sizes, seeds, by))
     size = int(ablations["size"])
     ablation_tasks, ablation_seeds = tuple(dict.fromkeys(ablations["tasks"])), tuple(dict.fromkeys(ablations["seeds"]))
     strategies = [f"finetune-unfreeze{k}" for k in ablations["unfreeze_epochs"]] + [f"finetune-blocks{b}" for b in ablations["n_blocks"]] + ["fixed", "finetune"]
