@@ -119,9 +119,15 @@ def test_default_config_and_presets_meet_the_cross_setting_constraints(default_c
         ({"pretrain": {"model": {"dim": 100, "n_heads": 8}}}, "pretrain.model: dim 100 is not divisible by n_heads 8"),
         ({"tokenizer": {"model": {"hidden_dim": 30, "n_heads": 4}}}, "tokenizer.model: hidden_dim 30 is not divisible by n_heads 4"),
         ({"finetune": {"head": {"dim": 10, "n_heads": 4}}}, "finetune.head: dim 10 is not divisible by n_heads 4"),
-        ({"finetune": {"ablations": {"n_blocks": [1, 5]}}}, "strategy 'finetune-blocks5' uses 5 pretrained blocks; pretrain.model.n_blocks is 3"),
+        ({"finetune": {"ablations": {"n_blocks": [1, 5]}}}, "strategy 'finetune-blocks5' uses 5 pretrained blocks; backbone tokens-ntp has 3"),
         ({"finetune": {"grid": {"strategies": ["scratch", "part-blocks2"]}}}, "the ParT baseline has no backbone"),
         ({"finetune": {"grid": {"strategies": ["fixed-unfreeze3"]}}}, "only finetune has an unfreeze epoch"),
+        ({"finetune": {"grid": {"strategies": ["fixed@continuous-ntp"]}}}, "strategy 'fixed@continuous-ntp': unknown backbone @continuous-ntp; pretrain.backbones has: tokens-ntp, continuous-mpm"),
+        (
+            {"pretrain": {"backbones": {"continuous-mpm": {"inputs": "continuous", "objective": "mpm", "model": {"n_blocks": 1}}}}, "finetune": {"grid": {"strategies": ["finetune-blocks2@continuous-mpm"]}}},
+            "strategy 'finetune-blocks2@continuous-mpm' uses 2 pretrained blocks; backbone continuous-mpm has 1",
+        ),
+        ({"pretrain": {"backbones": {"continuous-mpm": {"inputs": "continuous", "objective": "mpm", "model": {"dim": 30}}}}}, "pretrain.backbones.continuous-mpm: model dim 30 is not divisible by n_heads 8"),
     ],
 )
 def test_constraints_between_settings_are_named(default_config, change, message):
@@ -142,4 +148,4 @@ def test_snakemake_dry_run_stops_on_a_cross_setting_error(tmp_path):
     override.write_text(yaml.safe_dump({"results_dir": str(tmp_path / "results"), "pretrain": {"model": {"n_blocks": 2}}, "finetune": {"ablations": {"n_blocks": [3]}}}))
     proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--cores", "1", "--configfile", str(override)], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0
-    assert "strategy 'finetune-blocks3' uses 3 pretrained blocks; pretrain.model.n_blocks is 2" in proc.stdout + proc.stderr
+    assert "strategy 'finetune-blocks3' uses 3 pretrained blocks; backbone tokens-ntp has 2" in proc.stdout + proc.stderr

@@ -203,7 +203,8 @@ def test_fig6_embeddings_of_three_backbones(world, tmp_path):
     assert rows == probe_decay_modes(shards["Z_Ztautau"], backbones, result, train_jets=120, neighbours=5, seed=0)
     write_probes(rows, tmp_path / "probes.csv", tmp_path / "probes.parquet")
     header = (tmp_path / "probes.csv").read_text().splitlines()[0].split(",")
-    assert header[:2] == ["backbone_stage", "probe"] and "accuracy" in header and "neighbours" in header
+    assert header[:3] == ["backbone", "backbone_stage", "probe"] and "accuracy" in header and "neighbours" in header
+    assert {r["backbone"] for r in rows} == {"tokens-ntp"}
     plot_probes(rows, tmp_path / "probes")
     assert (tmp_path / "probes.png").stat().st_size > 1000 and (tmp_path / "probes.pdf").exists()
 

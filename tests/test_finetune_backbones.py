@@ -401,3 +401,20 @@ def test_token_shards_without_token_features_are_named(world, tmp_path):
         assert not (tmp_path / strategy).exists()
     summary = run_finetune("tau_id", "fixed", 40, 0, old, tmp_path / "fixed", dataclasses.replace(SETTINGS, epochs=1), backbones["tokens-ntp"])
     assert summary["backbone_name"] == "tokens-ntp" and np.isfinite(summary["best_val_loss"])
+
+
+def test_the_embedding_probes_read_a_continuous_backbone(world, tmp_path):
+    """Fig. 6's probes for a continuous-input backbone: its three stages embed the token
+    features (not the tokens) of the same test jets, and the probe rows carry its name."""
+    from taufm.evaluate.embeddings import embed_jets, load_backbones, probe_decay_modes
+
+    _, shards, backbones = world
+    run_finetune("decay_mode", "finetune@continuous-mpm", 100, 0, shards, tmp_path / "dm", dataclasses.replace(SETTINGS, epochs=1), backbones["continuous-mpm"])
+    stages = load_backbones(backbones["continuous-mpm"], tmp_path / "dm" / "model.pt", seed=0)
+    assert {b.config.inputs for b in stages.values()} == {"continuous"}
+    test = embed_jets(shards["Z_Ztautau"], stages, max_jets=50, seed=0)
+    assert test["embedding_pretrained"].shape == (len(test["decay_mode"]), DIM)
+    assert not np.allclose(test["embedding_pretrained"], test["embedding_untrained"])
+    rows = probe_decay_modes(shards["Z_Ztautau"], stages, test, train_jets=100, neighbours=5, seed=0, backbone="continuous-mpm")
+    assert len(rows) == 6 and {r["backbone"] for r in rows} == {"continuous-mpm"}
+    assert all(0 <= r["accuracy"] <= 1 for r in rows)

@@ -15,6 +15,7 @@ import yaml
 
 from taufm import paths
 from taufm.finetune.packs import pack_families
+from taufm.finetune.strategies import parse_strategy
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "workflow" / "presets" / "smoke.yaml"
@@ -132,16 +133,26 @@ def test_smoke_run_produces_every_output(smoke_run):
     for shard in tokenized:
         table = pq.read_table(shard, columns=["tokens", "token_mask"]).to_pydict()
         assert all(row[0] == 0 for row in table["tokens"]), "every sequence starts with the start token"
-    pretrained = smoke_run / "pretrain"
-    for name in ("backbone.pt", "backbone_best.pt", "history.csv", "model_config.json", "loss_curve.png"):
-        assert (pretrained / name).stat().st_size > 0, name
-    assert json.loads((pretrained / "model_config.json").read_text())["vocab_size"] == 32 + 2
+    backbones = yaml.safe_load((ROOT / "config.yaml").read_text())["pretrain"]["backbones"]
+    assert {"tokens-ntp", "continuous-mpm"} <= set(backbones), "the smoke run pretrains an alternative backbone"
+    for backbone, entry in backbones.items():
+        pretrained = smoke_run / "pretrain" / backbone
+        for name in ("backbone.pt", "backbone_best.pt", "history.csv", "model_config.json", "loss_curve.png"):
+            assert (pretrained / name).stat().st_size > 0, (backbone, name)
+        model_config = json.loads((pretrained / "model_config.json").read_text())
+        assert model_config["vocab_size"] == 32 + 2 and model_config["backbone"]["name"] == backbone
+        assert model_config["model"]["inputs"] == entry["inputs"] and model_config["model"]["causal"] == (entry["objective"] == "ntp")
+    for shard in tokenized:  # each token's features beside it: 14 channels per position
+        table = pq.read_table(shard, columns=["tokens", "token_features"])
+        assert len(table.column("token_features")[0]) == 14 * len(table.column("tokens")[0])
     grid = yaml.safe_load(SMOKE.read_text())["finetune"]["grid"]
     for task in grid["tasks"]:
         for strategy in grid["strategies"]:
             run = smoke_run / "finetune" / task / strategy / f"n{grid['sizes'][0]}" / "seed0"
             summary = json.loads((run / "summary.json").read_text())
             assert summary["task"] == task and summary["strategy"] == strategy
+            expected = parse_strategy(strategy, 0)
+            assert (summary["backbone_name"], summary["inputs"]) == (expected.backbone, expected.inputs)
             assert pq.read_metadata(run / "predictions.parquet").num_rows > 0
     assert (smoke_run / "finetune" / "pt_regression" / "finetune-blocks1" / "n100" / "seed0" / "model.pt").exists()
     table = pq.read_table(smoke_run / "metrics.parquet").to_pylist()
@@ -155,9 +166,12 @@ def test_smoke_run_produces_every_output(smoke_run):
     assert len({(r["task"], r["strategy"], r["size"], r["seed"]) for r in values}) == n_cells
     assert len([r for r in values if r["strategy"] in grid["strategies"]]) == sum(test_samples[t] * len(grid["strategies"]) for t in grid["tasks"])
     assert {r["statistic"] for r in table} == {"value", "mean", "std"}
-    for stem in ("fig4_validation_loss", "fig5_physics", "fig6_tsne", "fig7_ablations"):
+    for stem in ("fig4_validation_loss", "fig5_physics", "fig6_tsne", "fig7_ablations", "fig8_backbones"):
         for ext in ("png", "pdf"):
             assert (smoke_run / "figures" / f"{stem}.{ext}").stat().st_size > 1000, stem
+    assert {r["backbone"] for r in values} >= {"tokens-ntp", "continuous-mpm", None} and {r["inputs"] for r in values} == {"paper", "paper+lifetime"}
+    stages = {r["stage"] for r in pq.read_table(smoke_run / "grid_cost.parquet").to_pylist()}
+    assert {f"pretrain@{b}" for b in backbones} <= stages, "each backbone's pretraining cost is in the grid cost"
     assert "0.143" in (smoke_run / "figures" / "summary_table.md").read_text(), "the paper's numbers beside ours"
     assert list((smoke_run / "logs").rglob("*.log")), "every job keeps a log"
 
@@ -167,9 +181,10 @@ def test_every_job_leaves_a_provenance_record(smoke_run):
 
     shards = [p for sub in ("simulated", "ingested", "tokenized") for p in (smoke_run / sub).rglob("*") if p.suffix in (".root", ".parquet")]
     records = [record_path(p, is_directory=False) for p in shards]
-    records += [record_path(smoke_run / d, is_directory=True) for d in ("tokenizer", "pretrain", "figures", "figures/tokenizer")]
+    backbones = yaml.safe_load((ROOT / "config.yaml").read_text())["pretrain"]["backbones"]
+    records += [record_path(smoke_run / d, is_directory=True) for d in ("tokenizer", *(f"pretrain/{b}" for b in backbones), "figures", "figures/tokenizer")]
     records += [record_path(run, is_directory=True) for run in {p.parent for p in (smoke_run / "finetune").rglob("model.pt")}]
-    records += [record_path(smoke_run / "pretrain" / "loss_curve", False), record_path(smoke_run / "metrics.csv", False)]
+    records += [record_path(smoke_run / "pretrain" / b / "loss_curve", False) for b in backbones] + [record_path(smoke_run / "metrics.csv", False)]
     missing = [str(r.relative_to(smoke_run)) for r in records if not r.exists()]
     assert not missing, missing
     record = json.loads(record_path(next((smoke_run / "finetune").rglob("model.pt")).parent, is_directory=True).read_text())
@@ -246,7 +261,9 @@ def test_paper_preset_builds_the_full_grid(smoke_run, tmp_path):
     assert per_job, "the paper preset packs its small cells"
     planned_cells = counts["finetune"] + sum(counts.get(rule, 0) * n for rule, n in per_job.items())
     assert planned_cells == n_grid + n_ablations
-    assert counts["finetune_pack"] > 0 and counts["pretrain"] == 1 and counts["train_tokenizer"] == 1
+    backbones = {**yaml.safe_load((ROOT / "config.yaml").read_text())["pretrain"]["backbones"], **yaml.safe_load(paper.read_text())["pretrain"]["backbones"]}
+    assert set(backbones) == {"tokens-ntp", "continuous-ntp", "continuous-mpm"}
+    assert counts["finetune_pack"] > 0 and counts["pretrain"] == len(backbones) and counts["train_tokenizer"] == 1
 
 
 def _planned_jobs(smoke_run, tmp_path, change: dict) -> set[str]:

@@ -299,7 +299,7 @@ def _cmd_paper_figures(args: argparse.Namespace) -> None:
 def _cmd_embeddings(args: argparse.Namespace) -> None:
     import numpy as np
 
-    from taufm.evaluate.embeddings import embed_tau_jets, load_backbones, plot_probes, plot_tsne, probe_decay_modes
+    from taufm.evaluate.embeddings import embed_jets, embed_tau_jets, load_backbones, plot_probes, plot_tsne, probe_decay_modes
     from taufm.evaluate.metrics import write_probes
     from taufm.io import atomic_output
 
@@ -311,7 +311,12 @@ def _cmd_embeddings(args: argparse.Namespace) -> None:
     result = embed_tau_jets(args.shards, args.pretrained, args.finetuned_model, max_jets=args.max_jets, seed=args.seed, backbones=backbones)
     rows = None
     if all(probe_outputs):  # computed before anything is written: a failing probe leaves no output
-        rows = probe_decay_modes(args.shards, backbones, result, train_jets=args.probe_train_jets, neighbours=args.probe_neighbours, seed=args.seed)
+        probe = {"train_jets": args.probe_train_jets, "neighbours": args.probe_neighbours, "seed": args.seed}
+        rows = probe_decay_modes(args.shards, backbones, result, **probe)
+        for name, pretrained, finetuned in args.compare_backbone:  # the other backbones, on the same test jets
+            others = load_backbones(pretrained, finetuned, args.seed)
+            test = embed_jets(args.shards, others, max_jets=args.max_jets, seed=args.seed)
+            rows += probe_decay_modes(args.shards, others, test, **probe, backbone=name)
     with atomic_output(args.output) as tmp:
         with open(tmp, "wb") as handle:
             np.savez_compressed(handle, **result)
@@ -320,7 +325,7 @@ def _cmd_embeddings(args: argparse.Namespace) -> None:
         write_probes(rows, args.probes_csv, args.probes_parquet)
         plot_probes(rows, args.probes_figure_stem)
         for row in rows:
-            log.info("probe %s on the %s backbone: accuracy %.3f ± %.3f (majority %.3f)", row["probe"], row["backbone_stage"], row["accuracy"], row["accuracy_error"], row["majority_fraction"])
+            log.info("probe %s on the %s %s backbone: accuracy %.3f ± %.3f (majority %.3f)", row["probe"], row["backbone_stage"], row["backbone"], row["accuracy"], row["accuracy_error"], row["majority_fraction"])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -474,6 +479,8 @@ def build_parser() -> argparse.ArgumentParser:
     em.add_argument("--probes-parquet", help="... and Parquet")
     em.add_argument("--probes-figure-stem", help="... and their figure (.png, .pdf)")
     em.add_argument("--probe-train-jets", type=_positive_int, default=4000, help="train-split tau jets the probes are fitted on")
+    em.add_argument("--compare-backbone", nargs=3, action="append", default=[], metavar=("NAME", "PRETRAINED", "FINETUNED_MODEL"),
+                    help="probe another backbone too: its name, pretrained checkpoint and a decay-mode fine-tuning run's model.pt (repeatable)")
     em.add_argument("--probe-neighbours", type=_positive_int, default=15, help="k of the kNN probe")
     em.add_argument("--threads", type=_positive_int, default=None)
     em.add_argument("shards", nargs="+", help="token shards of the tau sample")

@@ -227,6 +227,20 @@ if "decay_mode" not in FINETUNE["grid"]["tasks"] or "finetune" not in FINETUNE["
     raise TaufmError("Fig. 6 needs the decay_mode task and the finetune strategy in finetune.grid")
 
 
+def compared_backbones():
+    """The backbones besides tokens-ntp whose embeddings are probed: those the grid fine-tunes
+    (finetune@<backbone>) on decay modes at the figure size."""
+    if "decay_mode" not in FINETUNE["grid"]["tasks"]:
+        return []
+    return [b for b in BACKBONES if b != DEFAULT_BACKBONE and f"finetune@{b}" in FINETUNE["grid"]["strategies"]]
+
+
+def compared_backbone_files(backbone):
+    """(pretrained checkpoint, fine-tuned decay-mode model) of one probed backbone."""
+    run = paths.FINETUNE_RUN.format(task="decay_mode", strategy=f"finetune@{backbone}", size=EVALUATE["figure_size"], seed=FINETUNE["grid"]["seeds"][0])
+    return [backbone_checkpoint(backbone), result(f"{run}/model.pt")]
+
+
 def all_evaluation_outputs():
     stems = ("fig4_validation_loss", "fig5_physics", "fig6_tsne", "fig7_ablations", "fig8_backbones")
     probes = [result("embedding_probes.csv"), result("figures/embedding_probes.png"), result("figures/embedding_probes.pdf")]

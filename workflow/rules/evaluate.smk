@@ -102,6 +102,7 @@ rule embeddings:
         shards=lambda wildcards: [str(paths.tokenized_ee(RESULTS, "Z_Ztautau", i)) for i in range(len(future_inputs("Z_Ztautau")))],
         pretrained=backbone_checkpoint(DEFAULT_BACKBONE),
         finetuned=result(f"{paths.FINETUNE_RUN}/model.pt".format(task="decay_mode", strategy="finetune", size=EVALUATE["figure_size"], seed=FINETUNE["grid"]["seeds"][0])),
+        compared=[path for b in compared_backbones() for path in compared_backbone_files(b)],
     output:
         embeddings=result("embeddings/tau_jet_embeddings.npz"),
         figure=report(result("figures/fig6_tsne.png"), caption="../report/fig6.rst", category="Paper figures"),
@@ -117,6 +118,7 @@ rule embeddings:
         max_jets=EVALUATE["tsne_jets"],
         probe_train_jets=EVALUATE["probe_train_jets"],
         probe_neighbours=EVALUATE["probe_neighbours"],
+        compared=[word for b in compared_backbones() for word in ["--compare-backbone", b, *compared_backbone_files(b)]],
     log:
         result(paths.LOGS.format(stage="figures", name="embeddings")),
     conda:
@@ -129,5 +131,5 @@ rule embeddings:
         "taufm embeddings --pretrained {input.pretrained:q} --finetuned-model {input.finetuned:q}"
         " --output {output.embeddings:q} --figure-stem {params.stem:q} --max-jets {params.max_jets:q}"
         " --probes-csv {output.probes_csv:q} --probes-parquet {output.probes_parquet:q} --probes-figure-stem {params.probes_stem:q}"
-        " --probe-train-jets {params.probe_train_jets:q} --probe-neighbours {params.probe_neighbours:q}"
+        " --probe-train-jets {params.probe_train_jets:q} --probe-neighbours {params.probe_neighbours:q} {params.compared:q}"
         " --threads {threads} {input.shards:q} 2> {log:q}"

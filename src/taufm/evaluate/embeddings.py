@@ -8,7 +8,10 @@ What the picture suggests is also put in numbers (:func:`probe_decay_modes`): tw
 frozen embeddings, a linear one (a standardised multinomial logistic regression) and a kNN
 classifier, are fitted to the decay modes of tau jets of the train split and scored on the test
 split's tau jets that the t-SNE shows: accuracy (with its binomial standard error), balanced
-accuracy, and the majority class's share as the floor a probe must beat.
+accuracy, and the majority class's share as the floor a probe must beat. The probes run for
+every backbone of ``pretrain.backbones`` the grid fine-tunes on decay modes
+(:func:`embed_jets` embeds the same test jets under each), so the backbones compare on the same
+jets; the t-SNE shows the paper's backbone.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ import torch
 
 from taufm.data import read_shards
 from taufm.errors import TaufmError
+from taufm.finetune.strategies import DEFAULT_BACKBONE
+from taufm.tokenizer.tokenize import N_CANDIDATE_CHANNELS, TOKEN_FEATURES_COLUMN, token_feature_array
 from taufm.models.gpt import GPTBackbone, GPTConfig
 from taufm.pretrain.train import load_backbone
 from taufm.train.runtime import load_checkpoint, load_state_strict
@@ -39,12 +44,32 @@ def _finetuned_backbone(run_model: Path, config: GPTConfig) -> GPTBackbone:
     return backbone
 
 
+def backbone_inputs(backbone: GPTBackbone, table: Mapping[str, np.ndarray], rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """What ``backbone`` reads for ``rows`` of a token-shard table: token ids, or the tokenizer
+    channels of ``token_features`` for a continuous-input backbone; cut to its max_length."""
+    length = backbone.config.max_length
+    mask = table["token_mask"][rows][:, :length]
+    if backbone.config.inputs == "continuous":
+        if TOKEN_FEATURES_COLUMN not in table:
+            raise TaufmError(f"a continuous-input backbone reads the token shards' {TOKEN_FEATURES_COLUMN} column")
+        return token_feature_array(table[TOKEN_FEATURES_COLUMN][rows])[:, :length, :N_CANDIDATE_CHANNELS], mask
+    return table["tokens"][rows][:, :length], mask
+
+
+def _columns(backbone_sets: Sequence[Mapping[str, GPTBackbone]]) -> list[str]:
+    continuous = any(b.config.inputs == "continuous" for backbones in backbone_sets for b in backbones.values())
+    return ["tokens", "token_mask", "label", "decay_mode", *([TOKEN_FEATURES_COLUMN] if continuous else [])]
+
+
 @torch.no_grad()
 def jet_embeddings(backbone: GPTBackbone, tokens: np.ndarray, mask: np.ndarray, batch_size: int = 1024) -> np.ndarray:
+    """Mean backbone output over each jet's real positions; ``tokens``: what the backbone reads
+    (token ids, or features for a continuous-input backbone)."""
     backbone.eval()
     out = []
     for start in range(0, len(tokens), batch_size):
-        t = torch.from_numpy(tokens[start : start + batch_size].astype(np.int64))
+        batch = tokens[start : start + batch_size]
+        t = torch.from_numpy(batch.astype(np.float32 if backbone.config.inputs == "continuous" else np.int64))
         m = torch.from_numpy(mask[start : start + batch_size].astype(bool))
         e = backbone(t, m)
         out.append(((e * m[..., None]).sum(1) / m.sum(1, keepdim=True).clamp(min=1)).numpy())
@@ -73,20 +98,25 @@ def embed_tau_jets(
     their decay modes; plus the 2-D t-SNE of each."""
     from sklearn.manifold import TSNE
 
-    table = read_shards(shards, ["tokens", "token_mask", "label", "decay_mode"], split=split)
+    backbones = load_backbones(pretrained, finetuned_model, seed) if backbones is None else backbones
+    out = embed_jets(shards, backbones, max_jets, seed, split)
+    perplexity = float(min(30.0, max(2.0, (len(out["decay_mode"]) - 1) / 3)))
+    for stage in backbones:
+        out[f"tsne_{stage}"] = TSNE(n_components=2, perplexity=perplexity, random_state=seed, init="pca").fit_transform(out[f"embedding_{stage}"]).astype(np.float32)
+    return out
+
+
+def embed_jets(shards: Sequence[str | Path], backbones: Mapping[str, GPTBackbone], max_jets: int = 4096, seed: int = 0, split: str = "test") -> dict[str, np.ndarray]:
+    """``decay_mode`` and ``embedding_<stage>`` of up to ``max_jets`` tau jets of ``split``,
+    drawn with ``seed`` (the same jets for every set of backbones), under each of ``backbones``."""
+    table = read_shards(shards, _columns([backbones]), split=split)
     taus = np.flatnonzero(table["label"] == 1)
     if len(taus) == 0:
         raise TaufmError("no tau jets in the " + split + " split of: " + ", ".join(map(str, shards)))
     taus = np.sort(np.random.default_rng(seed).permutation(taus)[:max_jets])
-    tokens, mask = table["tokens"][taus], table["token_mask"][taus]
-    backbones = load_backbones(pretrained, finetuned_model, seed) if backbones is None else backbones
-    config = backbones["pretrained"].config
     out: dict[str, np.ndarray] = {"decay_mode": table["decay_mode"][taus].astype(np.int8)}
-    perplexity = float(min(30.0, max(2.0, (len(taus) - 1) / 3)))
     for stage, backbone in backbones.items():
-        embedding = jet_embeddings(backbone, tokens[:, : config.max_length], mask[:, : config.max_length])
-        out[f"embedding_{stage}"] = embedding
-        out[f"tsne_{stage}"] = TSNE(n_components=2, perplexity=perplexity, random_state=seed, init="pca").fit_transform(embedding).astype(np.float32)
+        out[f"embedding_{stage}"] = jet_embeddings(backbone, *backbone_inputs(backbone, table, taus))
     return out
 
 
@@ -134,14 +164,15 @@ def probe_decay_modes(
     train_jets: int = 4000,
     neighbours: int = 15,
     seed: int = 0,
+    backbone: str = DEFAULT_BACKBONE,
 ) -> list[dict]:
-    """Probe rows (one per backbone stage and probe): fitted on the embeddings, under
-    ``backbones`` (:func:`load_backbones`, the ones ``test`` was embedded with), of up to
-    ``train_jets`` tau jets of the train split of ``shards``, scored on ``test``, the result of
-    :func:`embed_tau_jets` (its ``embedding_<stage>`` and ``decay_mode``)."""
+    """Probe rows (one per backbone stage and probe) of the backbone named ``backbone``: fitted
+    on the embeddings, under ``backbones`` (:func:`load_backbones`, the ones ``test`` was
+    embedded with), of up to ``train_jets`` tau jets of the train split of ``shards``, scored on
+    ``test``, the result of :func:`embed_jets` (its ``embedding_<stage>`` and ``decay_mode``)."""
     from sklearn.metrics import accuracy_score, balanced_accuracy_score
 
-    table = read_shards(shards, ["tokens", "token_mask", "label", "decay_mode"], split="train")
+    table = read_shards(shards, _columns([backbones]), split="train")
     taus = np.flatnonzero(table["label"] == 1)
     if len(taus) == 0:
         raise TaufmError("no tau jets in the train split of: " + ", ".join(map(str, shards)))
@@ -152,16 +183,16 @@ def probe_decay_modes(
         raise TaufmError(f"the {len(taus)} training tau jets of the probes hold one decay mode only: nothing to classify")
     neighbours = min(neighbours, len(taus))
     majority = float(np.mean(y_test == np.bincount(y_train).argmax()))
-    length = backbones["pretrained"].config.max_length
     rows = []
-    for stage, backbone in backbones.items():
-        x_train = jet_embeddings(backbone, table["tokens"][taus][:, :length], table["token_mask"][taus][:, :length])
+    for stage, network in backbones.items():
+        x_train = jet_embeddings(network, *backbone_inputs(network, table, taus))
         x_test = test[f"embedding_{stage}"]
         for name in PROBES:
             predicted = _probe(name, neighbours, seed).fit(x_train, y_train).predict(x_test)
             accuracy = float(accuracy_score(y_test, predicted))
             rows.append(
                 {
+                    "backbone": backbone,
                     "backbone_stage": stage,
                     "probe": name,
                     "accuracy": accuracy,
@@ -180,15 +211,19 @@ def plot_probes(rows: Sequence[dict], output_stem: str | Path) -> None:
     """Probe accuracy per backbone stage (bars with binomial errors), the majority share dashed."""
     from taufm.plots.style import new_figure, save_figure, taufm_style
 
-    labels = {"logistic_regression": "linear probe (logistic regression)", "knn": "kNN"}
+    labels = {"logistic_regression": "linear probe", "knn": "kNN"}
+    names = list(dict.fromkeys(r.get("backbone", DEFAULT_BACKBONE) for r in rows))
+    series = [(b, probe) for b in names for probe in PROBES]
     with taufm_style():
         fig, axes = new_figure(1, 1)
         ax = axes[0][0]
-        width = 0.8 / len(PROBES)
-        for i, name in enumerate(PROBES):
-            chosen = {r["backbone_stage"]: r for r in rows if r["probe"] == name}
-            x = np.arange(len(STAGES)) + (i - (len(PROBES) - 1) / 2) * width
-            ax.bar(x, [chosen[s]["accuracy"] for s in STAGES], width, yerr=[chosen[s]["accuracy_error"] for s in STAGES], capsize=3, label=labels[name])
+        width = 0.8 / len(series)
+        for i, (backbone, name) in enumerate(series):
+            chosen = {r["backbone_stage"]: r for r in rows if r["probe"] == name and r.get("backbone", DEFAULT_BACKBONE) == backbone}
+            x = np.arange(len(STAGES)) + (i - (len(series) - 1) / 2) * width
+            hatch = "//" if name == "knn" else None
+            ax.bar(x, [chosen[s]["accuracy"] for s in STAGES], width, yerr=[chosen[s]["accuracy_error"] for s in STAGES], capsize=2, hatch=hatch,
+                   color=f"C{names.index(backbone)}", alpha=0.9 if name != "knn" else 0.55, label=f"{backbone}: {labels[name]}")
         ax.axhline(rows[0]["majority_fraction"], color="black", linestyle="--", linewidth=1, label="majority decay mode")
         ax.set_xticks(np.arange(len(STAGES)), [f"{s} backbone" for s in STAGES])
         ax.set(ylabel="Decay-mode accuracy (test tau jets)", ylim=(0, 1), title=f"Probes of frozen jet embeddings ({rows[0]['train_jets']} training jets)")

@@ -95,7 +95,7 @@ _KEY_TYPES = {
 }
 STATISTICS = ("value", "mean", "std")
 GRID_COST_KEYS = ("stage", "task", "strategy", "size")  # leading columns of grid_cost
-PROBE_KEYS = ("backbone_stage", "probe")  # leading columns of the embedding probes
+PROBE_KEYS = ("backbone", "backbone_stage", "probe")  # leading columns of the embedding probes
 COMPARISON_KEYS = ("task", "size", "test_sample", "metric", "strategy_a", "strategy_b")  # leading columns of compare_strategies
 RUN_COLUMNS = ("n_jets", "best_val_loss", "best_epoch")  # follow the keys in the table, before the metrics
 # What a run cost (its summary.json), after the metrics: repeated on each test sample's row.

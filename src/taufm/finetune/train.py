@@ -360,6 +360,22 @@ class TaskJets:
     inputs_identity: Mapping[str, str]  # run_identity's hashes of those inputs and the code
 
 
+def _require_token_features(shards: Mapping[str, Sequence[str | Path]], strategies: Sequence[Strategy]) -> None:
+    """A token shard written before token shards held their features is named, with the fix."""
+    import pyarrow.parquet as pq
+
+    for path in (Path(s) for files in shards.values() for s in files):
+        try:
+            names = pq.read_schema(path).names
+        except Exception:  # unreadable or missing: read_shards names it as such
+            continue
+        if TOKEN_FEATURES_COLUMN not in names:
+            raise TaufmError(
+                f"{path}: no {TOKEN_FEATURES_COLUMN} column (tokenized before token shards held their features); "
+                f"strategy {strategies[0].name!r} needs them: tokenize again"
+            )
+
+
 def load_task_jets(
     task: str,
     spec: TaskSettings,
@@ -377,6 +393,7 @@ def load_task_jets(
         extra = ("tokens", "token_mask")
         if backbone_inputs != "tokens" or any(head_channels(s) for s in strategies):
             extra += (TOKEN_FEATURES_COLUMN,)
+            _require_token_features(shards, strategies)
     train = load_task_data(task, spec, shards, spec.train_samples, "train", extra)
     val = load_task_data(task, spec, shards, spec.train_samples, "val", extra)
     if settings.max_val_jets is not None:
