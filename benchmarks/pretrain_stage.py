@@ -8,6 +8,10 @@ provenance record names it, and the peak GPU memory.
 
     python benchmarks/pretrain_stage.py                               # paper dims, 20k jets, 1 epoch
     python benchmarks/pretrain_stage.py --jets 4000 --dim 128 --vocab 512 --max-length 66   # CPU-sized
+    python benchmarks/pretrain_stage.py --backbone all --jets 4000 --dim 128 --vocab 512 --max-length 66
+
+``--backbone`` picks the backbone of ``pretrain.backbones`` to time (``all``: each in turn, on
+the same shard): ``tokens-ntp`` (the paper's), ``continuous-ntp`` or ``continuous-mpm``.
 """
 
 from __future__ import annotations
@@ -25,6 +29,13 @@ import torch
 from taufm.cli import main as taufm_main
 from taufm.ingest.shards import write_shard
 from taufm.provenance import record_path
+from taufm.tokenizer.tokenize import N_CANDIDATE_CHANNELS, TOKEN_FEATURE_NAMES
+
+BACKBONES = {
+    "tokens-ntp": {"inputs": "tokens", "objective": "ntp"},
+    "continuous-ntp": {"inputs": "continuous", "objective": "ntp"},
+    "continuous-mpm": {"inputs": "continuous", "objective": "mpm", "mask_fraction": 0.4, "target": "tokens"},
+}
 
 
 def write_synthetic_tokens(path: Path, n_jets: int, max_length: int, vocab: int, seed: int) -> int:
@@ -39,8 +50,10 @@ def write_synthetic_tokens(path: Path, n_jets: int, max_length: int, vocab: int,
     tokens[np.arange(n_jets), lengths + 1] = vocab + 1
     mask = positions < (lengths + 2)[:, None]
     split = np.resize(np.array([0] * 8 + [1, 2], dtype=np.int8), n_jets)
+    features = np.zeros((n_jets, max_length, len(TOKEN_FEATURE_NAMES)), dtype=np.float32)
+    features[inside, :N_CANDIDATE_CHANNELS] = rng.normal(size=(int(inside.sum()), N_CANDIDATE_CHANNELS))
     manifest = {"token_ids": {"start": 0, "codes": [1, vocab], "stop": vocab + 1, "padding": 0, "vocabulary_size": vocab + 2}, "tokenizer": {"sha256": "synthetic"}}
-    write_shard(path, {"split": split, "tokens": tokens, "token_mask": mask}, manifest)
+    write_shard(path, {"split": split, "tokens": tokens, "token_mask": mask, "token_features": features.reshape(n_jets, -1)}, manifest)
     return int(mask[split == 0].sum())
 
 
@@ -56,8 +69,13 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--backbone", choices=[*BACKBONES, "all"], default="tokens-ntp")
     args = parser.parse_args()
+    for name in BACKBONES if args.backbone == "all" else [args.backbone]:
+        time_backbone(args, name)
 
+
+def time_backbone(args: argparse.Namespace, name: str) -> None:
     with tempfile.TemporaryDirectory(prefix="taufm-pretrain-bench-") as tmp:
         tmp = Path(tmp)
         train_tokens = write_synthetic_tokens(tmp / "tokens_000.parquet", args.jets, args.max_length, args.vocab, seed=0)
@@ -70,7 +88,10 @@ def main() -> None:
             "checkpoint_every": 10**9,
             "device": args.device,
             "compile": args.compile,
+            "backbone": {"name": name, **BACKBONES[name]},
         }
+        if BACKBONES[name]["objective"] == "mpm":
+            settings["model"]["positional"] = "learned"  # as config.yaml's continuous-mpm
         command = ["pretrain", "--settings", json.dumps(settings), "--output-dir", str(tmp / "out"), str(tmp / "tokens_000.parquet")]
         if args.threads:
             command += ["--threads", str(args.threads)]
@@ -84,7 +105,7 @@ def main() -> None:
         history = (tmp / "out" / "history.csv").read_text().splitlines()
 
     train_jets = int(round(args.jets * 0.8)) * args.epochs
-    print(f"# taufm pretrain stage: GPT {args.blocks} blocks, dim {args.dim}, max length {args.max_length}, vocab {args.vocab + 2}, "
+    print(f"# taufm pretrain stage, backbone {name}: GPT {args.blocks} blocks, dim {args.dim}, max length {args.max_length}, vocab {args.vocab + 2}, "
           f"batch {args.batch_size}, {args.jets} jets, {args.epochs} epoch(s), torch {torch.__version__}")
     print(f"device (provenance record): {record['device']}")
     print(f"wall time of the stage:     {seconds:.1f} s (incl. start-up, validation, checkpoints)")
