@@ -107,12 +107,20 @@ def all_dataquality_figures():
 
 def all_tokenized():
     ee = [str(paths.tokenized_ee(RESULTS, name, i)) for name in FUTURE_SAMPLES for i in range(len(future_inputs(name)))]
-    jc = [str(paths.tokenized_jetclass(RESULTS, name, i)) for name in JETCLASS_PROCESSES for i in range(len(jetclass_inputs(name)))]
+    jc = [
+        str(paths.tokenized_jetclass(RESULTS, name, i))
+        for name in JETCLASS_PROCESSES
+        for i in range(len(jetclass_inputs(name)))
+    ]
     return ee + jc
 
 
 def all_tokenizer_outputs():
-    figures = [result(f"{paths.TOKENIZER_FIGURES}/{stem}.{ext}") for stem in paths.TOKENIZER_FIGURE_STEMS for ext in ("png", "pdf")]
+    figures = [
+        result(f"{paths.TOKENIZER_FIGURES}/{stem}.{ext}")
+        for stem in paths.TOKENIZER_FIGURE_STEMS
+        for ext in ("png", "pdf")
+    ]
     return [result(paths.TOKENIZER_MODEL), result(paths.TOKENIZER_SUMMARY), *figures, *all_tokenized()]
 
 
@@ -169,7 +177,15 @@ def pretrain_command():
     """`taufm pretrain` as a list of words (each quoted in the rule), under torchrun when more
     than one process is configured."""
     if PRETRAIN["processes"] > 1:
-        return ["torchrun", "--standalone", "--nproc_per_node", str(PRETRAIN["processes"]), "-m", "taufm.cli", "pretrain"]
+        return [
+            "torchrun",
+            "--standalone",
+            "--nproc_per_node",
+            str(PRETRAIN["processes"]),
+            "-m",
+            "taufm.cli",
+            "pretrain",
+        ]
     return ["taufm", "pretrain"]
 
 
@@ -191,7 +207,10 @@ def finetune_shards(wildcards):
     """Token shards of every e+e- sample (ingested shards for the ParT baseline)."""
     if strategy_backbone(wildcards.strategy) is None:
         return {name: ingested_shards(name) for name in FUTURE_SAMPLES}
-    return {name: [str(paths.tokenized_ee(RESULTS, name, i)) for i in range(len(future_inputs(name)))] for name in FUTURE_SAMPLES}
+    return {
+        name: [str(paths.tokenized_ee(RESULTS, name, i)) for i in range(len(future_inputs(name)))]
+        for name in FUTURE_SAMPLES
+    }
 
 
 def finetune_inputs(wildcards):
@@ -213,16 +232,31 @@ def finetune_backbone_argument(wildcards):
 def finetune_runs():
     """Every run directory of the grid and the ablations."""
     grid, ablations = FINETUNE["grid"], FINETUNE["ablations"]
-    cells = [(t, s, n, seed) for t in grid["tasks"] for s in grid["strategies"] for n in grid["sizes"] for seed in grid["seeds"]]
-    ablation_strategies = [f"finetune-unfreeze{k}" for k in ablations["unfreeze_epochs"]] + [f"finetune-blocks{b}" for b in ablations["n_blocks"]]
-    cells += [(t, s, ablations["size"], seed) for t in ablations["tasks"] for s in [*ablation_strategies, "fixed", "finetune"] for seed in ablations["seeds"]]
+    cells = [
+        (t, s, n, seed)
+        for t in grid["tasks"]
+        for s in grid["strategies"]
+        for n in grid["sizes"]
+        for seed in grid["seeds"]
+    ]
+    ablation_strategies = [f"finetune-unfreeze{k}" for k in ablations["unfreeze_epochs"]] + [
+        f"finetune-blocks{b}" for b in ablations["n_blocks"]
+    ]
+    cells += [
+        (t, s, ablations["size"], seed)
+        for t in ablations["tasks"]
+        for s in [*ablation_strategies, "fixed", "finetune"]
+        for seed in ablations["seeds"]
+    ]
     return sorted({result(paths.FINETUNE_RUN.format(task=t, strategy=s, size=n, seed=seed)) for t, s, n, seed in cells})
 
 
 # Evaluation
 EVALUATE = config["evaluate"]
 if EVALUATE["figure_size"] not in FINETUNE["grid"]["sizes"]:
-    raise TaufmError(f"evaluate.figure_size {EVALUATE['figure_size']} is not among finetune.grid.sizes {FINETUNE['grid']['sizes']}")
+    raise TaufmError(
+        f"evaluate.figure_size {EVALUATE['figure_size']} is not among finetune.grid.sizes {FINETUNE['grid']['sizes']}"
+    )
 if "decay_mode" not in FINETUNE["grid"]["tasks"] or "finetune" not in FINETUNE["grid"]["strategies"]:
     raise TaufmError("Fig. 6 needs the decay_mode task and the finetune strategy in finetune.grid")
 
@@ -237,11 +271,22 @@ def compared_backbones():
 
 def compared_backbone_files(backbone):
     """(pretrained checkpoint, fine-tuned decay-mode model) of one probed backbone."""
-    run = paths.FINETUNE_RUN.format(task="decay_mode", strategy=f"finetune@{backbone}", size=EVALUATE["figure_size"], seed=FINETUNE["grid"]["seeds"][0])
+    run = paths.FINETUNE_RUN.format(
+        task="decay_mode",
+        strategy=f"finetune@{backbone}",
+        size=EVALUATE["figure_size"],
+        seed=FINETUNE["grid"]["seeds"][0],
+    )
     return [backbone_checkpoint(backbone), result(f"{run}/model.pt")]
 
 
 def all_evaluation_outputs():
     stems = ("fig4_validation_loss", "fig5_physics", "fig6_tsne", "fig7_ablations", "fig8_backbones")
-    probes = [result("embedding_probes.csv"), result("figures/embedding_probes.png"), result("figures/embedding_probes.pdf")]
-    return [result("metrics.csv"), result("figures/summary_table.md"), *probes] + [result(f"figures/{s}.{e}") for s in stems for e in ("png", "pdf")]
+    probes = [
+        result("embedding_probes.csv"),
+        result("figures/embedding_probes.png"),
+        result("figures/embedding_probes.pdf"),
+    ]
+    return [result("metrics.csv"), result("figures/summary_table.md"), *probes] + [
+        result(f"figures/{s}.{e}") for s in stems for e in ("png", "pdf")
+    ]

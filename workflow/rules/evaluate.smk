@@ -1,5 +1,6 @@
 # Evaluation: metrics of every run, one tidy table, the paper's figures and the Snakemake report.
 
+
 rule metrics:
     """Metrics of one fine-tuning run on each test sample (ROC AUC and misID at 80% efficiency,
     pT response and resolution, decay-mode AUCs), each with a bootstrap 68% interval over the test
@@ -10,10 +11,6 @@ rule metrics:
     output:
         metrics=result(f"{paths.FINETUNE_RUN}/metrics.json"),
         details=result(f"{paths.FINETUNE_RUN}/metrics_details.json"),
-    params:
-        code=CODE["metrics"],
-        run_dir=lambda wildcards: result(paths.FINETUNE_RUN.format(**wildcards)),
-        replicates=EVALUATE["bootstrap_replicates"],
     log:
         result(paths.LOGS.format(stage="metrics", name="{task}_{strategy}_n{size}_seed{seed}")),
     conda:
@@ -22,6 +19,10 @@ rule metrics:
     resources:
         mem_mb=2000,
         runtime=10,
+    params:
+        code=CODE["metrics"],
+        run_dir=lambda wildcards: result(paths.FINETUNE_RUN.format(**wildcards)),
+        replicates=EVALUATE["bootstrap_replicates"],
     shell:
         "taufm metrics --run-dir {params.run_dir:q} --output {output.metrics:q} --details {output.details:q}"
         " --bootstrap-replicates {params.replicates:q} 2> {log:q}"
@@ -43,14 +44,16 @@ rule aggregate_metrics:
         comparisons_parquet=result("comparisons.parquet"),
         grid_cost_csv=report(result("grid_cost.csv"), caption="../report/grid_cost.rst", category="Tables"),
         grid_cost_parquet=result("grid_cost.parquet"),
-    params:
-        code=CODE["metrics"],
-        # Each backbone's pretraining cost under its own stage name, pretrain@<backbone>.
-        pretrain_costs=lambda wildcards, input: [f"--stage-cost=pretrain@{b}={path}" for b, path in zip(BACKBONES, input.pretrain)],
     log:
         result(paths.LOGS.format(stage="metrics", name="aggregate")),
     conda:
         "../../envs/taufm.yaml"
+    params:
+        code=CODE["metrics"],
+        # Each backbone's pretraining cost under its own stage name, pretrain@<backbone>.
+        pretrain_costs=lambda wildcards, input: [
+            f"--stage-cost=pretrain@{b}={path}" for b, path in zip(BACKBONES, input.pretrain)
+        ],
     shell:
         "taufm aggregate-metrics --csv {output.csv:q} --parquet {output.parquet:q}"
         " --comparisons-csv {output.comparisons_csv:q} --comparisons-parquet {output.comparisons_parquet:q}"
@@ -74,9 +77,16 @@ rule paper_figures:
         fig7=report(result("figures/fig7_ablations.png"), caption="../report/fig7.rst", category="Paper figures"),
         fig8=report(result("figures/fig8_backbones.png"), caption="../report/fig8.rst", category="Beyond the paper"),
         grid_cost=report(result("figures/grid_cost.png"), caption="../report/grid_cost.rst", category="Compute"),
-        pdfs=[result(f"figures/{stem}.pdf") for stem in ("fig4_validation_loss", "fig5_physics", "fig7_ablations", "fig8_backbones", "grid_cost")],
+        pdfs=[
+            result(f"figures/{stem}.pdf")
+            for stem in ("fig4_validation_loss", "fig5_physics", "fig7_ablations", "fig8_backbones", "grid_cost")
+        ],
         table=report(result("figures/summary_table.md"), caption="../report/summary_table.rst", category="Tables"),
         table_csv=result("figures/summary_table.csv"),
+    log:
+        result(paths.LOGS.format(stage="figures", name="paper_figures")),
+    conda:
+        "../../envs/taufm.yaml"
     params:
         code=CODE["figures"],
         size=EVALUATE["figure_size"],
@@ -84,10 +94,6 @@ rule paper_figures:
         unfreeze_epoch=FINETUNE["unfreeze_epoch"],
         n_blocks=config["pretrain"]["model"]["n_blocks"],
         output_dir=lambda wildcards, output: str(Path(output.fig4).parent),
-    log:
-        result(paths.LOGS.format(stage="figures", name="paper_figures")),
-    conda:
-        "../../envs/taufm.yaml"
     shell:
         "taufm paper-figures --metrics {input.metrics:q} --comparisons {input.comparisons:q} --grid-cost {input.grid_cost:q} --size {params.size:q}"
         " --ablation-size {params.ablation_size:q} --unfreeze-epoch {params.unfreeze_epoch:q} --n-blocks {params.n_blocks:q}"
@@ -99,9 +105,15 @@ rule embeddings:
     modes), mapped to 2-D with t-SNE and coloured by true decay mode; and the same embeddings'
     decay-mode accuracy under a linear probe and a kNN probe (a table and a figure)."""
     input:
-        shards=lambda wildcards: [str(paths.tokenized_ee(RESULTS, "Z_Ztautau", i)) for i in range(len(future_inputs("Z_Ztautau")))],
+        shards=lambda wildcards: [
+            str(paths.tokenized_ee(RESULTS, "Z_Ztautau", i)) for i in range(len(future_inputs("Z_Ztautau")))
+        ],
         pretrained=backbone_checkpoint(DEFAULT_BACKBONE),
-        finetuned=result(f"{paths.FINETUNE_RUN}/model.pt".format(task="decay_mode", strategy="finetune", size=EVALUATE["figure_size"], seed=FINETUNE["grid"]["seeds"][0])),
+        finetuned=result(
+            f"{paths.FINETUNE_RUN}/model.pt".format(
+                task="decay_mode", strategy="finetune", size=EVALUATE["figure_size"], seed=FINETUNE["grid"]["seeds"][0]
+            )
+        ),
         compared=[path for b in compared_backbones() for path in compared_backbone_files(b)],
     output:
         embeddings=result("embeddings/tau_jet_embeddings.npz"),
@@ -109,16 +121,10 @@ rule embeddings:
         pdf=result("figures/fig6_tsne.pdf"),
         probes_csv=result("embedding_probes.csv"),
         probes_parquet=result("embedding_probes.parquet"),
-        probes_figure=report(result("figures/embedding_probes.png"), caption="../report/embedding_probes.rst", category="Paper figures"),
+        probes_figure=report(
+            result("figures/embedding_probes.png"), caption="../report/embedding_probes.rst", category="Paper figures"
+        ),
         probes_pdf=result("figures/embedding_probes.pdf"),
-    params:
-        code=CODE["embeddings"],
-        stem=lambda wildcards, output: str(Path(output.pdf).with_suffix("")),
-        probes_stem=lambda wildcards, output: str(Path(output.probes_pdf).with_suffix("")),
-        max_jets=EVALUATE["tsne_jets"],
-        probe_train_jets=EVALUATE["probe_train_jets"],
-        probe_neighbours=EVALUATE["probe_neighbours"],
-        compared=[word for b in compared_backbones() for word in ["--compare-backbone", b, *compared_backbone_files(b)]],
     log:
         result(paths.LOGS.format(stage="figures", name="embeddings")),
     conda:
@@ -127,6 +133,14 @@ rule embeddings:
     resources:
         mem_mb=4000,
         runtime=30,
+    params:
+        code=CODE["embeddings"],
+        stem=lambda wildcards, output: str(Path(output.pdf).with_suffix("")),
+        probes_stem=lambda wildcards, output: str(Path(output.probes_pdf).with_suffix("")),
+        max_jets=EVALUATE["tsne_jets"],
+        probe_train_jets=EVALUATE["probe_train_jets"],
+        probe_neighbours=EVALUATE["probe_neighbours"],
+        compared=[word for b in compared_backbones() for word in ["--compare-backbone", b, *compared_backbone_files(b)]],
     shell:
         "taufm embeddings --pretrained {input.pretrained:q} --finetuned-model {input.finetuned:q}"
         " --output {output.embeddings:q} --figure-stem {params.stem:q} --max-jets {params.max_jets:q}"

@@ -29,13 +29,6 @@ rule finetune:
         finetune_inputs,
     output:
         [result(f"{paths.FINETUNE_RUN}/{name}") for name in paths.FINETUNE_FILES],
-    params:
-        code=CODE["finetune"],
-        settings=FINETUNE_CELL_SETTINGS,
-        shards=partial(finetune_shard_arguments, None),
-        backbone=finetune_backbone_argument,
-        output_dir=lambda wildcards, output: str(Path(output[0]).parent),
-        torch_threads=FINETUNE_THREADS,
     log:
         result(paths.LOGS.format(stage="finetune", name="{task}_{strategy}_n{size}_seed{seed}")),
     benchmark:
@@ -47,6 +40,13 @@ rule finetune:
         mem_mb=4000,
         runtime=120,
         gpu=1 if FINETUNE["device"] != "cpu" else 0,
+    params:
+        code=CODE["finetune"],
+        settings=FINETUNE_CELL_SETTINGS,
+        shards=partial(finetune_shard_arguments, None),
+        backbone=finetune_backbone_argument,
+        output_dir=lambda wildcards, output: str(Path(output[0]).parent),
+        torch_threads=FINETUNE_THREADS,
     shell:
         "taufm finetune --task {wildcards.task} --strategy {wildcards.strategy} --size {wildcards.size}"
         " --seed {wildcards.seed} {params.backbone:q} --settings {params.settings:q}"
@@ -69,8 +69,19 @@ for family in FINETUNE_PACKS:
             finetune_inputs(kind) if kind else finetune_inputs,
         output:
             [result(f"{run}/{name}") for run in family.run_patterns() for name in paths.FINETUNE_FILES],
+        log:
+            result(paths.LOGS.format(stage="finetune", name=f"pack_{family.job_name()}")),
+        benchmark:
+            result(paths.BENCHMARKS.format(stage="finetune", name=f"pack_{family.job_name()}"))
         wildcard_constraints:
             **family.wildcard_constraints(),
+        conda:
+            "../../envs/taufm.yaml"
+        threads: FINETUNE_THREADS
+        resources:
+            mem_mb=4000,
+            runtime=120 * family.cells_per_job,
+            gpu=1 if FINETUNE["device"] != "cpu" else 0,
         params:
             code=CODE["finetune"],
             settings=FINETUNE_CELL_SETTINGS,
@@ -79,17 +90,6 @@ for family in FINETUNE_PACKS:
             cells=partial(pack_cell_arguments, family, results_dir=RESULTS),
             output_dir=partial(pack_directory, family, results_dir=RESULTS),
             torch_threads=FINETUNE_THREADS,
-        log:
-            result(paths.LOGS.format(stage="finetune", name=f"pack_{family.job_name()}")),
-        benchmark:
-            result(paths.BENCHMARKS.format(stage="finetune", name=f"pack_{family.job_name()}"))
-        conda:
-            "../../envs/taufm.yaml"
-        threads: FINETUNE_THREADS
-        resources:
-            mem_mb=4000,
-            runtime=120 * family.cells_per_job,
-            gpu=1 if FINETUNE["device"] != "cpu" else 0,
         shell:
             "taufm finetune-pack --task {wildcards.task} {params.backbone:q} --settings {params.settings:q}"
             " --output-dir {params.output_dir:q} --threads {params.torch_threads:q} {params.cells:q} {params.shards:q} 2> {log:q}"

@@ -1,6 +1,7 @@
 # Ingestion: ROOT files (simulated or real) -> labelled jets with candidate features -> Parquet
 # shards (one per input file, with a JSON manifest holding the cutflow) and data-quality figures.
 
+
 rule ingest_ee:
     """One EDM4hep file -> reco jets clustered with ee-genkt (R=0.4, p=-1), matched one-to-one to
     generator hadronic taus, labelled (tau/background, decay mode, visible pT), with per-candidate
@@ -10,9 +11,6 @@ rule ingest_ee:
     output:
         shard=result(paths.INGESTED_EE),
         manifest=result(f"{paths.INGESTED_EE}.json"),
-    params:
-        code=CODE["ingest"],
-        settings=ee_ingest_settings(),
     log:
         result(paths.LOGS.format(stage="ingest_ee", name="{sample}_{shard}")),
     benchmark:
@@ -23,6 +21,9 @@ rule ingest_ee:
     resources:
         mem_mb=4000,
         runtime=60,
+    params:
+        code=CODE["ingest"],
+        settings=ee_ingest_settings(),
     shell:
         "taufm ingest-ee --sample {wildcards.sample} --settings {params.settings:q}"
         " --output {output.shard:q} {input:q} 2> {log:q}"
@@ -36,9 +37,6 @@ rule ingest_jetclass:
     output:
         shard=result(paths.INGESTED_JETCLASS),
         manifest=result(f"{paths.INGESTED_JETCLASS}.json"),
-    params:
-        code=CODE["ingest"],
-        settings=jetclass_ingest_settings(),
     log:
         result(paths.LOGS.format(stage="ingest_jetclass", name="{process}_{shard}")),
     benchmark:
@@ -49,6 +47,9 @@ rule ingest_jetclass:
     resources:
         mem_mb=4000,
         runtime=60,
+    params:
+        code=CODE["ingest"],
+        settings=jetclass_ingest_settings(),
     shell:
         "taufm ingest-jetclass --sample {wildcards.process} --settings {params.settings:q}"
         " --output {output.shard:q} {input:q} 2> {log:q}"
@@ -62,10 +63,6 @@ rule dataquality:
     output:
         png=result(f"{paths.DATAQUALITY}.png".format(sample="{dq_sample}")),
         pdf=result(f"{paths.DATAQUALITY}.pdf".format(sample="{dq_sample}")),
-    params:
-        code=CODE["dataquality"],
-        kind=lambda wildcards: "ee" if wildcards.dq_sample in FUTURE_SAMPLES else "jetclass",
-        stem=lambda wildcards: result(paths.DATAQUALITY.format(sample=wildcards.dq_sample)),
     log:
         result(paths.LOGS.format(stage="dataquality", name="{dq_sample}")),
     conda:
@@ -74,6 +71,10 @@ rule dataquality:
     resources:
         mem_mb=2000,
         runtime=20,
+    params:
+        code=CODE["dataquality"],
+        kind=lambda wildcards: "ee" if wildcards.dq_sample in FUTURE_SAMPLES else "jetclass",
+        stem=lambda wildcards: result(paths.DATAQUALITY.format(sample=wildcards.dq_sample)),
     shell:
         "taufm dataquality --sample {wildcards.dq_sample} --kind {params.kind:q}"
         " --output-stem {params.stem:q} {input:q} 2> {log:q}"

@@ -11,15 +11,13 @@ rule pretrain:
     or continuous features (loss masked over padding, AdamW with warm-up and cosine decay, bf16
     on GPU, DDP under torchrun); resumes from its last checkpoint."""
     input:
-        lambda wildcards: [str(paths.tokenized_jetclass(RESULTS, p, i)) for p in JETCLASS_PROCESSES for i in range(len(jetclass_inputs(p)))],
+        lambda wildcards: [
+            str(paths.tokenized_jetclass(RESULTS, p, i))
+            for p in JETCLASS_PROCESSES
+            for i in range(len(jetclass_inputs(p)))
+        ],
     output:
         [result(f"{paths.PRETRAIN_DIR}/{name}") for name in paths.PRETRAIN_OUTPUTS],
-    params:
-        code=CODE["pretrain"],
-        command=pretrain_command(),
-        settings=lambda wildcards: pretrain_settings(wildcards.backbone),
-        output_dir=lambda wildcards, output: str(Path(output[0]).parent),
-        torch_threads=TORCH_THREADS,
     log:
         result(paths.LOGS.format(stage="pretrain", name="{backbone}")),
     benchmark:
@@ -31,6 +29,12 @@ rule pretrain:
         mem_mb=8000,
         runtime=720,
         gpu=PRETRAIN["processes"] if PRETRAIN["device"] != "cpu" else 0,
+    params:
+        code=CODE["pretrain"],
+        command=pretrain_command(),
+        settings=lambda wildcards: pretrain_settings(wildcards.backbone),
+        output_dir=lambda wildcards, output: str(Path(output[0]).parent),
+        torch_threads=TORCH_THREADS,
     shell:
         "{params.command:q} --settings {params.settings:q} --output-dir {params.output_dir:q}"
         " --threads {params.torch_threads:q} {input:q} 2> {log:q}"
@@ -43,9 +47,6 @@ rule pretrain_loss_curve:
         result(f"{paths.PRETRAIN_DIR}/{paths.TRAINING_HISTORY_FILE}"),
     output:
         multiext(result(paths.PRETRAIN_LOSS_CURVE), ".png", ".pdf"),
-    params:
-        code=CODE["figures"],
-        stem=lambda wildcards, output: str(Path(output[0]).with_suffix("")),
     log:
         result(paths.LOGS.format(stage="pretrain", name="loss_curve_{backbone}")),
     benchmark:
@@ -56,5 +57,8 @@ rule pretrain_loss_curve:
     resources:
         mem_mb=1000,
         runtime=10,
+    params:
+        code=CODE["figures"],
+        stem=lambda wildcards, output: str(Path(output[0]).with_suffix("")),
     shell:
         "taufm loss-curve --history {input:q} --output-stem {params.stem:q} 2> {log:q}"

@@ -10,12 +10,6 @@ rule simulate_ee:
     EDM4hep-layout ROOT file; deterministic per (sample, shard, seed)."""
     output:
         result(paths.SIMULATED_EE),
-    params:
-        code=CODE["simulate"],
-        events=SIM_FUTURE["events_per_shard"],
-        seed=config["simulate"]["seed"],
-        sqrt_s=SIM_FUTURE["sqrt_s"],
-        detector=as_json(config["detector"].get("future", {})),
     log:
         result(paths.LOGS.format(stage="simulate_ee", name="{sample}_{shard}")),
     benchmark:
@@ -26,6 +20,12 @@ rule simulate_ee:
     resources:
         mem_mb=2000,
         runtime=60,
+    params:
+        code=CODE["simulate"],
+        events=SIM_FUTURE["events_per_shard"],
+        seed=config["simulate"]["seed"],
+        sqrt_s=SIM_FUTURE["sqrt_s"],
+        detector=as_json(config["detector"].get("future", {})),
     shell:
         "taufm simulate-ee --sample {wildcards.sample} --shard {wildcards.shard}"
         " --events {params.events:q} --seed {params.seed:q} --sqrt-s {params.sqrt_s:q}"
@@ -37,6 +37,16 @@ rule simulate_jetclass:
     anti-kt R=0.8, 500 < pT < 1000 GeV, |eta| < 2) in the JetClass ROOT layout."""
     output:
         result(paths.SIMULATED_JETCLASS),
+    log:
+        result(paths.LOGS.format(stage="simulate_jetclass", name="{process}_{shard}")),
+    benchmark:
+        result(paths.BENCHMARKS.format(stage="simulate_jetclass", name="{process}_{shard}"))
+    conda:
+        "../../envs/taufm.yaml"
+    threads: 1
+    resources:
+        mem_mb=3000,
+        runtime=120,
     params:
         code=CODE["simulate"],
         jets=SIM_JETCLASS["jets_per_shard"],
@@ -50,16 +60,6 @@ rule simulate_jetclass:
         mpi="--mpi" if SIM_JETCLASS["multiparton_interactions"] else "--no-mpi",
         jet=as_json(SIM_JETCLASS["jet"]),
         detector=as_json(config["detector"].get("jetclass", {})),
-    log:
-        result(paths.LOGS.format(stage="simulate_jetclass", name="{process}_{shard}")),
-    benchmark:
-        result(paths.BENCHMARKS.format(stage="simulate_jetclass", name="{process}_{shard}"))
-    conda:
-        "../../envs/taufm.yaml"
-    threads: 1
-    resources:
-        mem_mb=3000,
-        runtime=120,
     shell:
         "taufm simulate-jetclass --process {wildcards.process} --shard {wildcards.shard}"
         " --jets {params.jets:q} --seed {params.seed:q} --sqrt-s {params.sqrt_s:q} {params.pthat_min:q}"

@@ -1,6 +1,7 @@
 # The VQ-VAE tokenizer: trained on JetClass(-like) jets, checked against the paper's Fig. 2 and 3
 # on JetClass and Fuτure jets, then used to turn every ingested shard into token sequences.
 
+
 rule train_tokenizer:
     """Train the VQ-VAE (OmniJet-alpha style) on the train split of the JetClass shards,
     validating on their val split; keeps the best model, the history and a resumable checkpoint."""
@@ -10,11 +11,6 @@ rule train_tokenizer:
         model=result(paths.TOKENIZER_MODEL),
         history=result(paths.TOKENIZER_HISTORY),
         summary=result(paths.TOKENIZER_SUMMARY),
-    params:
-        code=CODE["tokenizer"],
-        settings=tokenizer_settings(),
-        output_dir=lambda wildcards, output: str(Path(output.model).parent),
-        torch_threads=TORCH_THREADS,
     log:
         result(paths.LOGS.format(stage="tokenizer", name="train_tokenizer")),
     benchmark:
@@ -26,6 +22,11 @@ rule train_tokenizer:
         mem_mb=8000,
         runtime=240,
         gpu=1 if TOKENIZER["device"] != "cpu" else 0,
+    params:
+        code=CODE["tokenizer"],
+        settings=tokenizer_settings(),
+        output_dir=lambda wildcards, output: str(Path(output.model).parent),
+        torch_threads=TORCH_THREADS,
     shell:
         "taufm train-tokenizer --settings {params.settings:q} --output-dir {params.output_dir:q}"
         " --threads {params.torch_threads:q} {input:q} 2> {log:q}"
@@ -39,13 +40,11 @@ rule tokenizer_checks:
         jetclass=lambda wildcards: [s for p in JETCLASS_PROCESSES for s in ingested_shards(p)],
         future=lambda wildcards: [s for name in FUTURE_SAMPLES for s in ingested_shards(name)],
     output:
-        [result(f"{paths.TOKENIZER_FIGURES}/{stem}.{ext}") for stem in paths.TOKENIZER_FIGURE_STEMS for ext in ("png", "pdf")],
-    params:
-        code=CODE["tokenizer_checks"],
-        future=lambda wildcards: [f"{name}={s}" for name in FUTURE_SAMPLES for s in ingested_shards(name)],
-        output_dir=lambda wildcards, output: str(Path(output[0]).parent),
-        split=TOKENIZER["checks"]["split"],
-        max_jets=TOKENIZER["checks"]["max_jets"],
+        [
+            result(f"{paths.TOKENIZER_FIGURES}/{stem}.{ext}")
+            for stem in paths.TOKENIZER_FIGURE_STEMS
+            for ext in ("png", "pdf")
+        ],
     log:
         result(paths.LOGS.format(stage="tokenizer", name="tokenizer_checks")),
     conda:
@@ -54,6 +53,12 @@ rule tokenizer_checks:
     resources:
         mem_mb=4000,
         runtime=30,
+    params:
+        code=CODE["tokenizer_checks"],
+        future=lambda wildcards: [f"{name}={s}" for name in FUTURE_SAMPLES for s in ingested_shards(name)],
+        output_dir=lambda wildcards, output: str(Path(output[0]).parent),
+        split=TOKENIZER["checks"]["split"],
+        max_jets=TOKENIZER["checks"]["max_jets"],
     shell:
         "taufm tokenizer-checks --tokenizer {input.model:q} --jetclass {input.jetclass:q}"
         " --future {params.future:q} --output-dir {params.output_dir:q} --split {params.split:q}"
@@ -68,8 +73,6 @@ rule tokenize_ee:
     output:
         shard=result(paths.TOKENIZED_EE),
         manifest=result(f"{paths.TOKENIZED_EE}.json"),
-    params:
-        code=CODE["tokenizer"],
     log:
         result(paths.LOGS.format(stage="tokenize", name="{sample}_{shard}")),
     conda:
@@ -78,6 +81,8 @@ rule tokenize_ee:
     resources:
         mem_mb=3000,
         runtime=30,
+    params:
+        code=CODE["tokenizer"],
     shell:
         "taufm tokenize --tokenizer {input.model:q} --output {output.shard:q} --threads {threads} {input.shard:q} 2> {log:q}"
 
@@ -90,8 +95,6 @@ rule tokenize_jetclass:
     output:
         shard=result(paths.TOKENIZED_JETCLASS),
         manifest=result(f"{paths.TOKENIZED_JETCLASS}.json"),
-    params:
-        code=CODE["tokenizer"],
     log:
         result(paths.LOGS.format(stage="tokenize", name="{process}_{shard}")),
     conda:
@@ -100,5 +103,7 @@ rule tokenize_jetclass:
     resources:
         mem_mb=4000,
         runtime=30,
+    params:
+        code=CODE["tokenizer"],
     shell:
         "taufm tokenize --tokenizer {input.model:q} --output {output.shard:q} --threads {threads} {input.shard:q} 2> {log:q}"
