@@ -16,7 +16,9 @@ jets; the t-SNE shows the paper's backbone.
 
 from __future__ import annotations
 
+import logging
 import math
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -26,10 +28,13 @@ import torch
 from taufm.data import read_shards
 from taufm.errors import TaufmError
 from taufm.finetune.strategies import DEFAULT_BACKBONE
+from taufm.progress import duration
 from taufm.tokenizer.tokenize import N_CANDIDATE_CHANNELS, TOKEN_FEATURES_COLUMN, token_feature_array
 from taufm.models.gpt import GPTBackbone, GPTConfig
 from taufm.pretrain.train import load_backbone
 from taufm.train.runtime import load_checkpoint, load_state_strict
+
+log = logging.getLogger(__name__)
 
 STAGES = ("untrained", "pretrained", "fine-tuned")
 
@@ -102,7 +107,10 @@ def embed_tau_jets(
     out = embed_jets(shards, backbones, max_jets, seed, split)
     perplexity = float(min(30.0, max(2.0, (len(out["decay_mode"]) - 1) / 3)))
     for stage in backbones:
+        started = time.monotonic()
+        log.info("t-SNE of the %s backbone's embeddings of %d tau jets ...", stage, len(out["decay_mode"]))
         out[f"tsne_{stage}"] = TSNE(n_components=2, perplexity=perplexity, random_state=seed, init="pca").fit_transform(out[f"embedding_{stage}"]).astype(np.float32)
+        log.info("t-SNE of the %s backbone's embeddings: done in %s", stage, duration(time.monotonic() - started))
     return out
 
 

@@ -41,6 +41,7 @@ import pyarrow.parquet as pq
 import sklearn
 from sklearn import metrics as skm
 
+from taufm.progress import Progress
 from taufm.data import read_shards
 from taufm.errors import TaufmError
 from taufm.finetune.strategies import parse_strategy
@@ -496,13 +497,14 @@ def _bootstrap(task: TaskMetrics, columns: Mapping[str, np.ndarray], sample: str
     needed = ["sample", *task.columns]  # not the jet keys: only what the metrics read
     # scikit-learn checks every argument of every call (~10 ms for roc_auc_score): the inputs
     # here are the arrays the point estimate already passed with those checks on.
-    with sklearn.config_context(skip_parameter_validation=True):
+    with sklearn.config_context(skip_parameter_validation=True), Progress(f"bootstrap of the {sample} metrics", n_replicates, unit="replicate") as progress:
         for indices in bootstrap_indices(jets.size, n_replicates, seed):
             chosen = jets[indices]
             resampled = {k: columns[k][chosen] for k in needed}
             values = task.metrics(resampled, sample, efficiency)
             for name in names:
                 replicates[name].append(float(values[name]))
+            progress.update()
     return replicates
 
 

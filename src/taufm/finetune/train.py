@@ -60,6 +60,7 @@ from taufm.io import atomic_output
 from taufm.models.gpt import GPTBackbone, GPTConfig
 from taufm.models.heads import HeadConfig, TaskHead
 from taufm.models.part import ParTConfig, ParticleTransformer
+from taufm.progress import Progress
 from taufm.pretrain.data import token_vocabulary
 from taufm.pretrain.train import backbone_config
 from taufm.tokenizer.tokenize import N_CANDIDATE_CHANNELS, TOKEN_FEATURES_COLUMN, token_feature_array
@@ -573,6 +574,8 @@ def _train_cell(
     cached_train = cached_val = None  # the frozen backbone's outputs, computed once (never checkpointed)
     cache_built, cache_bytes = False, 0
     started = time.perf_counter()
+    steps_per_epoch = math.ceil(size / settings.batch_size)
+    progress = Progress(f"finetune {task}/{strategy.name} n={size} seed={seed}", steps_per_epoch * settings.epochs, already_done=steps_per_epoch * start_epoch)
     for epoch in range(start_epoch, 0 if finished else settings.epochs):
         trainable = backbone_trainable(strategy, epoch)
         if trainable:
@@ -605,6 +608,7 @@ def _train_cell(
             scheduler.step()
             train_sum += float(batch_loss.detach()) * len(idx)
             meter.add_jets(len(idx))
+            progress.update(epoch=f"{epoch + 1}/{settings.epochs}", loss=float(batch_loss.detach()))
         if trainable:
             counts.trained += size
         elif cached_train is not None:
@@ -647,6 +651,7 @@ def _train_cell(
         if finished:
             log.info("early stopping after epoch %d", epoch)
             break
+    progress.close()
     cached_train = cached_val = None
     seconds = time.perf_counter() - started
     if best_state is None:

@@ -46,6 +46,7 @@ from taufm.errors import TaufmError
 from taufm.io import atomic_output
 from taufm.models.gpt import GPTBackbone, GPTConfig, NextTokenHead, next_token_loss_from_embeddings
 from taufm.pretrain.data import TokenBatches, token_vocabulary
+from taufm.progress import Progress
 from taufm.tokenizer.tokenize import N_CANDIDATE_CHANNELS, START_TOKEN
 from taufm.train.runtime import (
     ComputeMeter,
@@ -351,6 +352,8 @@ def pretrain(shards: Sequence[str | Path], output_dir: str | Path, settings: Pre
         started, tokens_seen = time.perf_counter(), 0
         train_backbone.train()
         train_head.train()
+        what = f"pretrain {settings.backbone['name']}, epoch {epoch + 1}/{settings.epochs}"
+        progress = Progress(what, steps_per_epoch, already_done=position["step_in_epoch"]) if ddp.main else None
         for step, batch in enumerate(train.epoch(epoch)):
             if step < position["step_in_epoch"]:
                 continue  # already done before the restart
@@ -370,8 +373,12 @@ def pretrain(shards: Sequence[str | Path], output_dir: str | Path, settings: Pre
             tokens_seen += int(mask.sum())
             meter.add_jets(len(tokens))
             position.update(step_in_epoch=step + 1, global_step=position["global_step"] + 1)
+            if progress is not None:
+                progress.update(loss=float(epoch_sums[0] / epoch_sums[1].clamp(min=1)))
             if position["global_step"] % settings.checkpoint_every == 0:
                 checkpoint()
+        if progress is not None:
+            progress.close()
         val_loss = validation_loss(settings, backbone, head, val, settings.max_val_batches, device, ddp) if val.n_rows else float("nan")
         seconds = time.perf_counter() - started
         row = {

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import awkward as ak
 import numpy as np
-from tqdm import tqdm
 
+from taufm.progress import Progress
 from taufm.errors import TaufmError
 from taufm.sim.detector import DetectorParameters, simulate_response
 from taufm.sim.edm4hep import EDM4hepWriter
@@ -80,7 +80,7 @@ def simulate_ee_shard(
     pythia = make_pythia(ee_beam_settings(sqrt_s) + EE_SAMPLES[sample], pythia_seed(sample, shard, seed))
     rng = numpy_rng(sample, shard, seed, "detector")
     summary = {"sample": sample, "shard": shard, "events": 0, "generator_particles": 0, "reco_candidates": 0}
-    with EDM4hepWriter(output, run_number=shard) as writer, tqdm(total=n_events, disable=not progress, desc=f"{sample}[{shard}]") as bar:
+    with EDM4hepWriter(output, run_number=shard) as writer, Progress(f"simulate {sample}[{shard}]", n_events, unit="event", bar=True if progress else None) as bar:
         for start in range(0, n_events, batch_size):
             n = min(batch_size, n_events - start)
             record = generate_record(pythia, n)

@@ -39,8 +39,8 @@ from pathlib import Path
 import awkward as ak
 import numpy as np
 import uproot
-from tqdm import tqdm
 
+from taufm.progress import Progress
 from taufm.arrays import expand_ranges
 from taufm.errors import TaufmError
 from taufm.io import atomic_output, deterministic_uuid_function, reproducible_root_timestamps
@@ -649,8 +649,8 @@ def simulate_jetclass_shard(
         settings = pp_settings(sqrt_s, multiparton_interactions, pthat_min) + list(spec.settings)
         pythia = make_pythia(settings, pythia_seed(process, shard, seed))
         rng = numpy_rng(process, shard, seed, "detector")
-        with uproot.recreate(tmp, uuid_function=deterministic_uuid_function(output.name)) as file, tqdm(
-            total=n_jets, disable=not progress, desc=f"{process}[{shard}]", unit="jet"
+        with uproot.recreate(tmp, uuid_function=deterministic_uuid_function(output.name)) as file, Progress(
+            f"simulate {process}[{shard}]", n_jets, unit="jet", bar=True if progress else None
         ) as bar:
             writer = _JetClassWriter(file)
             events_without_jet = 0

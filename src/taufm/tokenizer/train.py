@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from taufm.progress import Progress
 from taufm.data import CANDIDATE_FEATURE_COLUMNS, candidate_arrays, read_shards
 from taufm import paths
 from taufm.config import reject_unknown_keys, settings_from_mapping
@@ -198,6 +199,7 @@ def train_tokenizer(shards: Sequence[str | Path], output_dir: str | Path, settin
         order = torch.randperm(n_jets, generator=torch.Generator().manual_seed(settings.seed * 1_000_003 + epoch))
         sums = {"continuous": 0.0, "charge": 0.0, "pid": 0.0, "vq": 0.0}
         replaced = 0
+        progress = Progress(f"tokenizer, epoch {epoch + 1}/{settings.epochs}", steps_per_epoch)
         for start in range(0, n_jets, settings.batch_size):
             index = order[start : start + settings.batch_size].to(device)
             batch = {k: v[index] for k, v in train.items()}
@@ -215,6 +217,8 @@ def train_tokenizer(shards: Sequence[str | Path], output_dir: str | Path, settin
             sums["vq"] += float(out["vq_loss"].detach())
             replaced += int(out["replaced"])
             meter.add_jets(len(index))
+            progress.update(loss=float(loss.detach()))
+        progress.close()
         n_steps = math.ceil(n_jets / settings.batch_size)
         metrics = evaluate(model, val, settings.batch_size, device)
         row = {
