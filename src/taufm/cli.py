@@ -328,6 +328,18 @@ def _cmd_embeddings(args: argparse.Namespace) -> None:
             log.info("probe %s on the %s %s backbone: accuracy %.3f ± %.3f (majority %.3f)", row["probe"], row["backbone_stage"], row["backbone"], row["accuracy"], row["accuracy_error"], row["majority_fraction"])
 
 
+def _cmd_config_docs(args: argparse.Namespace) -> None:
+    from taufm.config_docs import write_config_docs
+
+    log.info("configuration keys: %s", write_config_docs(args.output))
+
+
+def _cmd_rule_docs(args: argparse.Namespace) -> None:
+    from taufm.rule_docs import write_rule_docs
+
+    log.info("rules: %s", write_rule_docs(args.output, args.snakefile))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="taufm", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -485,6 +497,15 @@ def build_parser() -> argparse.ArgumentParser:
     em.add_argument("--threads", type=_positive_int, default=None)
     em.add_argument("shards", nargs="+", help="token shards of the tau sample")
     em.set_defaults(func=_cmd_embeddings)
+
+    # Documentation, not stages: they write no provenance record (not in COMMAND_STAGES).
+    cd = sub.add_parser("config-docs", help="Markdown describing every configuration key, from the config schema")
+    cd.add_argument("--output", required=True, help="e.g. config/README.md")
+    cd.set_defaults(func=_cmd_config_docs)
+    rd = sub.add_parser("rule-docs", help="Markdown documenting every workflow rule, from the rules' docstrings")
+    rd.add_argument("--output", required=True, help="e.g. docs/rules.md")
+    rd.add_argument("--snakefile", default="Snakefile", help="the workflow's main file; its includes are read too")
+    rd.set_defaults(func=_cmd_rule_docs)
     return parser
 
 
@@ -539,7 +560,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = datetime.datetime.now(datetime.timezone.utc)
     try:
         outcome = args.func(args)
-        _record_provenance(args, outcome, started, argv)
+        if args.command in COMMAND_STAGES:
+            _record_provenance(args, outcome, started, argv)
     except TaufmError as err:
         print(f"taufm {args.command}: error: {err}", file=sys.stderr)
         return 2
