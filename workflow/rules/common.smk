@@ -1,10 +1,10 @@
 # Shared helpers: config validation, path patterns, the lists of every output.
 
-import glob
+import functools
 import json
 from pathlib import Path
 
-from taufm import paths
+from taufm import paths, remote
 from taufm.config import SCHEMA_PATH, SETTINGS_PAYLOADS, pretrain_backbone_payload, validate_config
 from taufm.config_checks import check_cross_settings
 from taufm.errors import TaufmError
@@ -47,17 +47,20 @@ def as_json(value):
     return json.dumps(value, sort_keys=True)
 
 
+@functools.cache
+def remote_file(url):
+    """A root:// input as the server describes it now (size, mtime), asked once per DAG build."""
+    return remote.stat(url)
+
+
+@functools.cache
 def _expand_globs(kind, name):
+    """data.files.<kind>.<name>: local paths and globs, root:// URLs and remote globs (listed on
+    the server once per DAG build), as a tuple of files (taufm.remote.expand_patterns)."""
     patterns = config["data"]["files"][kind].get(name, [])
     if not patterns:
         raise TaufmError(f"data.source is 'files' but data.files.{kind}.{name} lists no files")
-    found = []
-    for pattern in patterns:
-        matches = sorted(glob.glob(pattern))
-        if not matches:
-            raise TaufmError(f"data.files.{kind}.{name}: {pattern!r} matches no file")
-        found.extend(matches)
-    return found
+    return tuple(remote.expand_patterns(patterns, f"data.files.{kind}.{name}", stat_file=remote_file))
 
 
 def _listed(kind, name):
@@ -68,7 +71,7 @@ def _listed(kind, name):
 def future_inputs(sample):
     """The EDM4hep files of one Fuτure sample: the user's files, or simulated shards."""
     if _listed("future", sample):
-        return _expand_globs("future", sample)
+        return list(_expand_globs("future", sample))
     shards = config["simulate"]["future"]["shards"][sample]
     return [str(paths.simulated_ee(RESULTS, sample, i)) for i in range(shards)]
 
@@ -76,9 +79,41 @@ def future_inputs(sample):
 def jetclass_inputs(process):
     """The JetClass files of one process: the user's files, or simulated shards."""
     if _listed("jetclass", process):
-        return _expand_globs("jetclass", process)
+        return list(_expand_globs("jetclass", process))
     shards = config["simulate"]["jetclass"]["shards"][process]
     return [str(paths.simulated_jetclass(RESULTS, process, i)) for i in range(shards)]
+
+
+def ee_source(wildcards):
+    """The file (path or root:// URL) one e+e- ingestion job reads."""
+    return future_inputs(wildcards.sample)[int(wildcards.shard)]
+
+
+def jetclass_source(wildcards):
+    """The file (path or root:// URL) one JetClass ingestion job reads."""
+    return jetclass_inputs(wildcards.process)[int(wildcards.shard)]
+
+
+def local_input(source):
+    """Input function of an ingestion rule: its file if local (Snakemake compares its mtime), none
+    for a root:// URL, which Snakemake cannot see: the rule's `remote` param stands for it."""
+
+    def files(wildcards):
+        path = source(wildcards)
+        return [] if remote.is_remote(path) else [path]
+
+    return files
+
+
+def remote_identity(source):
+    """Param function of an ingestion rule: size and mtime of a root:// input at DAG-build time
+    (empty for a local file), so that a file changed on the server reruns the job."""
+
+    def identity(wildcards):
+        path = source(wildcards)
+        return remote_file(path).identity() if remote.is_remote(path) else ""
+
+    return identity
 
 
 def all_future_inputs():

@@ -5,9 +5,9 @@
 rule ingest_ee:
     """One EDM4hep file -> reco jets clustered with ee-genkt (R=0.4, p=-1), matched one-to-one to
     generator hadronic taus, labelled (tau/background, decay mode, visible pT), with per-candidate
-    features; a Parquet shard plus a manifest with the cutflow."""
+    features; a Parquet shard plus a manifest with the cutflow. A root:// input is streamed."""
     input:
-        lambda wildcards: future_inputs(wildcards.sample)[int(wildcards.shard)],
+        local_input(ee_source),
     output:
         shard=result(paths.INGESTED_EE),
         manifest=result(f"{paths.INGESTED_EE}.json"),
@@ -24,16 +24,20 @@ rule ingest_ee:
     params:
         code=CODE["ingest"],
         settings=ee_ingest_settings(),
+        # the file read: a local input above, or a root:// URL with its size and mtime
+        source=ee_source,
+        remote=remote_identity(ee_source),
     shell:
         "taufm ingest-ee --sample {wildcards.sample} --settings {params.settings:q}"
-        " --output {output.shard:q} {input:q} 2> {log:q}"
+        " --output {output.shard:q} {params.source:q} 2> {log:q}"
 
 
 rule ingest_jetclass:
     """One JetClass file -> jets with pT-ordered candidate features (the columns of the e+e-
-    shards) and their JetClass label; a Parquet shard plus a manifest."""
+    shards) and their JetClass label; a Parquet shard plus a manifest. A root:// input is
+    streamed."""
     input:
-        lambda wildcards: jetclass_inputs(wildcards.process)[int(wildcards.shard)],
+        local_input(jetclass_source),
     output:
         shard=result(paths.INGESTED_JETCLASS),
         manifest=result(f"{paths.INGESTED_JETCLASS}.json"),
@@ -50,9 +54,12 @@ rule ingest_jetclass:
     params:
         code=CODE["ingest"],
         settings=jetclass_ingest_settings(),
+        # the file read: a local input above, or a root:// URL with its size and mtime
+        source=jetclass_source,
+        remote=remote_identity(jetclass_source),
     shell:
         "taufm ingest-jetclass --sample {wildcards.process} --settings {params.settings:q}"
-        " --output {output.shard:q} {input:q} 2> {log:q}"
+        " --output {output.shard:q} {params.source:q} 2> {log:q}"
 
 
 rule dataquality:

@@ -31,6 +31,7 @@ import awkward as ak
 import numpy as np
 import uproot
 
+from taufm import remote
 from taufm.arrays import expand_ranges
 from taufm.config import reject_unknown_keys
 from taufm.errors import TaufmError
@@ -131,7 +132,7 @@ class EventChunk:
     and d0, d0err, dz, dzerr of the candidate's track at the IP (NaN without a track).
     """
 
-    file: Path
+    file: Path | str  # a str for a root:// URL
     entry_start: int
     event_number: np.ndarray
     gen: ak.Array
@@ -143,12 +144,15 @@ class EventChunk:
 
 
 def open_events_tree(path: str | Path):
-    """Open ``path`` and return (file, tree); clear errors for missing, corrupt or wrong files."""
-    path = Path(path)
-    if not path.exists():
+    """Open ``path`` (or a root:// URL) and return (file, tree); clear errors for missing,
+    corrupt or wrong files, and for a server that cannot be reached (taufm.remote)."""
+    path = remote.as_source(path)
+    if not remote.is_remote(path) and not path.exists():
         raise TaufmError(f"{path}: no such file")
     try:
-        file = uproot.open(path)
+        file = remote.open_root(path)
+    except TaufmError:
+        raise
     except Exception as err:  # uproot raises many types for damaged files
         raise TaufmError(f"{path}: not a readable ROOT file ({type(err).__name__}: {err})") from err
     try:
@@ -387,23 +391,40 @@ def read_layout(path: str | Path, collections: CollectionNames | None = None) ->
         return resolve_layout(tree, path, collections, collection_types(file, path))
 
 
-def iterate_events(path: str | Path, chunk_size: int = 10_000, collections: CollectionNames | None = None) -> Iterator[tuple[FileLayout, EventChunk]]:
-    """Yield (layout, chunk) for the events of one EDM4hep file, ``chunk_size`` events at a time."""
-    path = Path(path)
+def iterate_events(
+    path: str | Path, chunk_size: int = 10_000, collections: CollectionNames | None = None, *, identity: remote.RemoteFile | None = None
+) -> Iterator[tuple[FileLayout, EventChunk]]:
+    """Yield (layout, chunk) for the events of one EDM4hep file, ``chunk_size`` events at a time.
+
+    A root:// URL is streamed; a transient failure reopens it and resumes at the chunk that
+    failed (:func:`taufm.remote.iterate_resuming`; ``identity``: the file as it was when the
+    reading began, to refuse a file replaced in between).
+    """
+    path = remote.as_source(path)
     file, tree = open_events_tree(path)
-    with file:
+    try:
         layout = resolve_layout(tree, path, collections, collection_types(file, path))
-        wanted = set(layout.leaves())
-        entry_start = 0
-        try:
-            # An exact-name predicate, never a glob: leaf names such as covMatrix[21] hold glob characters.
-            for arrays in tree.iterate(filter_name=lambda name: name in wanted, step_size=chunk_size, library="ak"):
-                yield layout, _chunk(arrays, layout, path, entry_start)
-                entry_start += len(arrays)
-        except TaufmError:
-            raise
-        except Exception as err:
-            raise TaufmError(f"{path}: cannot read events from entry {entry_start} ({type(err).__name__}: {err})") from err
+    except BaseException:
+        remote.close_quietly(file, path)
+        raise
+    wanted = set(layout.leaves())
+
+    def reopen():
+        return open_events_tree(path)
+
+    def chunks(tree, entry_start: int):
+        # An exact-name predicate, never a glob: leaf names such as covMatrix[21] hold glob characters.
+        return tree.iterate(filter_name=lambda name: name in wanted, step_size=chunk_size, entry_start=entry_start, library="ak")
+
+    entry_start = 0  # of the chunk being read
+    try:
+        for entry_start, arrays in remote.iterate_resuming(path, file, tree, reopen, chunks, identity=identity):
+            yield layout, _chunk(arrays, layout, path, entry_start)
+            entry_start += len(arrays)
+    except TaufmError:
+        raise
+    except Exception as err:
+        raise TaufmError(f"{path}: cannot read events from entry {entry_start} ({type(err).__name__}: {err})") from err
 
 
 def _chunk(arrays: ak.Array, layout: FileLayout, path: Path, entry_start: int) -> EventChunk:

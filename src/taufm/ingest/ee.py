@@ -26,6 +26,7 @@ from pathlib import Path
 import awkward as ak
 import numpy as np
 
+from taufm import remote
 from taufm.config import config_hash, settings_from_mapping
 from taufm.errors import TaufmError
 from taufm.ingest.edm4hep import CollectionNames, EventChunk, iterate_events
@@ -308,20 +309,23 @@ def ingest_ee_file(path: str | Path, output: str | Path, *, sample: str, setting
     """Ingest one EDM4hep file into one Parquet shard plus manifest; returns the manifest.
 
     Chunks of ``settings.chunk_size`` events are read, processed and written one at a time, so
-    memory does not grow with the file.
+    memory does not grow with the file. ``path`` may be a root:// URL (:mod:`taufm.remote`): it
+    is streamed, and the manifest records its URL, size, modification time and checksum.
     """
     settings = settings or EEIngestSettings()
-    path = Path(path)
+    path = remote.as_source(path)
+    name = remote.file_name(path)
+    remote_file = remote.stat(path, checksum=True) if remote.is_remote(path) else None
     cutflow = Cutflow()
     n_events = n_jets = n_signal = 0
     per_split = np.zeros(len(SPLITS), dtype=np.int64)
     per_decay_mode = np.zeros(6, dtype=np.int64)
     with ShardWriter(output) as writer:
-        for layout, chunk in iterate_events(path, settings.chunk_size, settings.collections):
+        for layout, chunk in iterate_events(path, settings.chunk_size, settings.collections, identity=remote_file):
             columns = process_chunk(chunk, sample, settings, cutflow)
             n = len(columns["event"])
-            split = assign_split(sample, path.name, columns["event"], settings.split_ratios)
-            writer.write({"sample": np.full(n, sample, dtype=object), "file": np.full(n, path.name, dtype=object), "split": split, **columns})
+            split = assign_split(sample, name, columns["event"], settings.split_ratios)
+            writer.write({"sample": np.full(n, sample, dtype=object), "file": np.full(n, name, dtype=object), "split": split, **columns})
             n_events += len(chunk)
             n_jets += n
             n_signal += int(columns["label"].sum())
@@ -338,6 +342,8 @@ def ingest_ee_file(path: str | Path, output: str | Path, *, sample: str, setting
         writer.manifest = {
             "stage": "ingest_ee",
             "input": str(path),
+            # a root:// input: what was read (a local input is tracked by Snakemake's mtime)
+            **({"remote_input": remote_file.describe()} if remote_file else {}),
             "sample": sample,
             # What was read: the podio generation, the collections, whether the file had tracks
             # (without them the lifetime columns hold the sentinel).

@@ -31,6 +31,7 @@ import awkward as ak
 import numpy as np
 import uproot
 
+from taufm import remote
 from taufm.config import config_hash
 from taufm.errors import TaufmError
 from taufm.ingest.shards import (
@@ -111,14 +112,18 @@ def _check_settings(sample, max_candidates, lifetime_sentinel, split_ratios, chu
     return ratios
 
 
-def _open_tree(path: Path):
-    """Open ``path`` and return (file, tree), with every failure as a TaufmError naming the file."""
-    if not path.exists():
-        raise TaufmError(f"JetClass file {path} does not exist")
-    if not path.is_file():
-        raise TaufmError(f"JetClass input {path} is not a file")
+def _open_tree(path: Path | str):
+    """Open ``path`` (or a root:// URL) and return (file, tree), with every failure as a
+    TaufmError naming the file."""
+    if not remote.is_remote(path):
+        if not path.exists():
+            raise TaufmError(f"JetClass file {path} does not exist")
+        if not path.is_file():
+            raise TaufmError(f"JetClass input {path} is not a file")
     try:
-        file = uproot.open(path)
+        file = remote.open_root(path)
+    except TaufmError:
+        raise
     except Exception as err:  # uproot raises many types for bad bytes; all mean "not a readable ROOT file"
         raise TaufmError(f"cannot read JetClass file {path} as ROOT: {type(err).__name__}: {err}") from err
     try:
@@ -161,17 +166,30 @@ def _check_branches(path: Path, tree) -> list[str]:
     return _label_branches(path, branches)
 
 
-def _chunks(path: Path, tree, branches: list[str], chunk_size: int) -> Iterator[tuple[int, ak.Array]]:
-    """(first entry, arrays) per chunk; read failures become TaufmErrors naming the file."""
-    iterator = tree.iterate(branches, step_size=chunk_size, library="ak", report=True)
+def _chunks(path: Path | str, file, tree, branches: list[str], chunk_size: int, identity: remote.RemoteFile | None = None) -> Iterator[tuple[int, ak.Array]]:
+    """(first entry, arrays) per chunk; read failures become TaufmErrors naming the file.
+
+    A root:// URL is streamed; a transient failure reopens it and resumes at the chunk that
+    failed (:func:`taufm.remote.iterate_resuming`).
+    """
+
+    def reopen():
+        return _open_tree(path)
+
+    def iterate(tree, entry_start: int):
+        return tree.iterate(branches, step_size=chunk_size, entry_start=entry_start, library="ak")
+
+    iterator = remote.iterate_resuming(path, file, tree, reopen, iterate, identity=identity)
     while True:
         try:
-            arrays, report = next(iterator)
+            first_entry, arrays = next(iterator)
         except StopIteration:
             return
+        except TaufmError:
+            raise
         except Exception as err:  # corrupt or truncated baskets surface as many exception types
             raise TaufmError(f"cannot read tree {TREE_NAME!r} of JetClass file {path}: {type(err).__name__}: {err}") from err
-        yield int(report.tree_entry_start), arrays
+        yield first_entry, arrays
 
 
 def _flat(path: Path, arrays: ak.Array, name: str, counts: np.ndarray, first_entry: int) -> np.ndarray:
@@ -326,7 +344,7 @@ def ingest_jetclass_file(
     ``lifetime_sentinel`` replaces d0, dz and their errors for neutral (charge 0) candidates.
     ``chunk_size`` bounds the entries held in memory while reading; it does not change the output.
     """
-    path = Path(path)
+    path = remote.as_source(path)
     ratios = _check_settings(sample, max_candidates, lifetime_sentinel, split_ratios, chunk_size)
     settings = {
         "sample": sample,
@@ -336,7 +354,8 @@ def ingest_jetclass_file(
         "lifetime_sentinel": float(lifetime_sentinel),
         "split_ratios": ratios,
     }
-    basename = path.name
+    basename = remote.file_name(path)
+    remote_file = remote.stat(path, checksum=True) if remote.is_remote(path) else None
 
     file, tree = _open_tree(path)
     with file:
@@ -351,7 +370,7 @@ def ingest_jetclass_file(
         branches = [*REQUIRED_BRANCHES, *label_branches]
         # Each chunk is processed and written before the next is read: memory stays bounded.
         with ShardWriter(output) as writer:
-            for first_entry, arrays in _chunks(path, tree, branches, int(chunk_size)):
+            for first_entry, arrays in _chunks(path, file, tree, branches, int(chunk_size), remote_file):
                 columns, chunk_cutflow = _process_chunk(path, arrays, first_entry, label_branches, settings, basename)
                 writer.write(columns)
                 for cut, n in chunk_cutflow.items():
@@ -374,6 +393,8 @@ def ingest_jetclass_file(
                 "stage": "ingest_jetclass",
                 "schema_version": SCHEMA_VERSION,
                 "input": str(path),
+                # a root:// input: what was read (a local input is tracked by Snakemake's mtime)
+                **({"remote_input": remote_file.describe()} if remote_file else {}),
                 "file": basename,
                 "sample": sample,
                 "tree": TREE_NAME,
