@@ -283,6 +283,43 @@ def test_a_server_lost_mid_read_is_an_error_naming_the_url_and_leaves_no_shard(s
 
 
 @needs_server
+def test_a_server_back_after_a_loss_gives_the_same_shard(served, tmp_path):
+    """The server dies after the first chunk and is back while taufm waits to retry: the
+    ingestion reopens the file, resumes at the chunk that failed and writes the local shard."""
+    _, export = served
+    local = tmp_path / "local.parquet"
+    output = tmp_path / "resumed.parquet"
+    from taufm.ingest.ee import EEIngestSettings, ingest_ee_file
+
+    ingest_ee_file(export / "ZH_Htautau_000.root", local, sample="ZH_Htautau", settings=EEIngestSettings(chunk_size=40))
+    first = XRootDServer(export, name="taufm-lost").start()
+    url = first.url("ZH_Htautau_000.root")
+    command = [sys.executable, "-c", PAUSED_INGESTION, "ingest-ee", "--sample", "ZH_Htautau", "--settings", json.dumps({"chunk_size": 40}), "--output", str(output), url]
+    env = {**os.environ, **FAST_RETRIES, "TAUFM_XROOTD_ATTEMPTS": "4", "TAUFM_XROOTD_BACKOFF_S": "1.5"}
+    child = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    second = XRootDServer(export, port=first.port, name="taufm-back")
+    try:
+        assert child.stdout.readline().strip() == "PAUSED", child.communicate(timeout=60)
+        first.kill()
+        child.stdin.write("go\n")
+        child.stdin.flush()
+        warnings = []
+        while not warnings or "reopening in" not in warnings[-1]:  # taufm noticed and waits
+            warnings.append(child.stderr.readline())
+            assert warnings[-1], "".join(warnings)
+        second.start()
+        _, err = child.communicate(timeout=60)
+    finally:
+        child.kill()
+        first.stop()
+        second.stop()
+    assert child.returncode == 0, "".join(warnings) + err
+    assert f"{url}: reading from entry 40 failed (Connection error); reopening" in warnings[-1]
+    assert output.read_bytes() == local.read_bytes()
+    assert _without_input(_manifest(output)) == _without_input(_manifest(local))
+
+
+@needs_server
 def test_snakemake_reads_a_sample_from_a_url_and_reruns_only_when_it_changes(served, tmp_path):
     server, _ = served
     local_files = yaml.safe_load(SMOKE.read_text())["data"]["files"]["future"]["ZH_Htautau"]

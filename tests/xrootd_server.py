@@ -12,6 +12,7 @@ Requirements (Debian): ``apt-get install xrootd-server`` and, for the reading, t
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import pwd
 import shutil
@@ -40,12 +41,8 @@ def unavailable_reason() -> str | None:
     """Why a test server cannot be started and read here, or None when it can."""
     if shutil.which("xrootd") is None:
         return f"XRootD test server: the xrootd binary is not installed ({INSTALL_HINT})"
-    missing = []
-    for module in ("XRootD.client", "fsspec_xrootd"):
-        try:
-            __import__(module)
-        except ImportError:
-            missing.append(module)
+    # Found, not imported: the client reads its settings (XRD_*) when it loads.
+    missing = [module for module in ("XRootD", "fsspec_xrootd") if importlib.util.find_spec(module) is None]
     if missing:
         return f"XRootD test server: the Python client ({', '.join(missing)}) is not installed ({INSTALL_HINT})"
     if os.geteuid() == 0 and _service_user() is None:

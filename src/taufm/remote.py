@@ -49,9 +49,11 @@ SCHEME = "root://"
 REMOTE_WILDCARDS = re.compile(r"[*\[]")
 # The XRootD client's settings taufm lowers when the environment does not set them: a refused
 # connection is retried for XRD_CONNECTIONWINDOW seconds XRD_CONNECTIONRETRY times (the client's
-# defaults, 120 s x 5, hold a job for ten minutes on a dead server) and a request unanswered for
-# XRD_REQUESTTIMEOUT seconds fails (default 1800). taufm's own retries come on top.
-CLIENT_DEFAULTS = {"XRD_CONNECTIONWINDOW": "10", "XRD_CONNECTIONRETRY": "2", "XRD_REQUESTTIMEOUT": "300"}
+# defaults, 120 s x 5, hold a job for ten minutes on a dead server), a request unanswered for
+# XRD_REQUESTTIMEOUT seconds fails (default 1800), and after a failed connection every request to
+# that server fails at once for XRD_STREAMERRORWINDOW seconds (default 1800: no retry could reach
+# a server back after a restart). taufm's own retries, with their backoff, come on top.
+CLIENT_DEFAULTS = {"XRD_CONNECTIONWINDOW": "10", "XRD_CONNECTIONRETRY": "2", "XRD_REQUESTTIMEOUT": "300", "XRD_STREAMERRORWINDOW": "1"}
 # XRootD server error codes (kXR_*) that mean "try again later".
 TRANSIENT_SERVER_ERRORS = {3007: "I/O error", 3008: "out of memory", 3012: "internal error", 3014: "no server available", 3020: "in progress", 3024: "overloaded"}
 # Client messages that no retry can fix.
@@ -157,6 +159,11 @@ def _reason(text: str) -> str:
     for prefix in ("[ERROR] Server responded with an error: ", "[ERROR] ", "[FATAL] "):
         text = text.replace(prefix, "")
     return text
+
+
+def describe_error(err: BaseException) -> str:
+    """An XRootD failure in a few words ("Connection error", "[3011] Unable to open ...")."""
+    return _reason(_error_text(err))
 
 
 @dataclass(frozen=True)

@@ -158,6 +158,9 @@ def open_events_tree(path: str | Path):
     try:
         tree = file[TREE_NAME]
     except Exception as err:
+        if remote.is_remote(path) and isinstance(err, OSError):  # the connection, not the file
+            remote.close_quietly(file, path)
+            raise remote.RemoteError(f"{path}: reading the tree '{TREE_NAME}' failed: {remote.describe_error(err)}") from err
         file.close()
         raise TaufmError(f"{path}: no tree '{TREE_NAME}' (an EDM4hep file has one; found: {', '.join(file.keys()) or 'nothing'})") from err
     return file, tree
