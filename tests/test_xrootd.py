@@ -218,8 +218,10 @@ def test_a_url_gives_the_shard_of_the_local_file(served, tmp_path):
 @needs_server
 def test_remote_globs_expand_on_the_server(served):
     server, export = served
-    found = remote.expand_patterns([server.url("glob/TTBar_*.root"), server.url("glob/*/TTBar_*.root")], "data.files.jetclass.TTBar")
+    listed = {}
+    found = remote.expand_patterns([server.url("glob/TTBar_*.root"), server.url("glob/*/TTBar_*.root")], "data.files.jetclass.TTBar", listed=listed)
     assert found == [server.url("glob/TTBar_000.root"), server.url("glob/TTBar_001.root"), server.url("glob/sub/TTBar_002.root")]
+    assert sorted(listed) == found and all(listed[url] == remote.stat(url) for url in found)  # the listing's stats
     assert remote.expand_patterns([server.url("glob/[TZ]*_000.root")], "k") == [server.url("glob/TTBar_000.root"), server.url("glob/ZJets_000.root")]
     assert remote.expand_patterns([server.url("glob/ZJets_000.root")], "k") == [server.url("glob/ZJets_000.root")]
     for pattern in ("glob/QCD_*.root", "nowhere/*/TTBar_*.root", "glob/QCD_000.root"):

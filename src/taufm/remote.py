@@ -302,13 +302,20 @@ def _checksum(fs, parsed: RemoteURL) -> str | None:
 # ---- data.files: patterns -> files ----
 
 
-def expand_remote(pattern: str, *, policy: RetryPolicy | None = None, stat_file: Callable[[str], RemoteFile] | None = None) -> list[str]:
+def expand_remote(
+    pattern: str,
+    *,
+    policy: RetryPolicy | None = None,
+    stat_file: Callable[[str], RemoteFile] | None = None,
+    listed: dict[str, RemoteFile] | None = None,
+) -> list[str]:
     """The sorted URLs of the files ``pattern`` names on its server ([] when none).
 
     Without a wildcard: the URL itself if the file exists (checked with ``stat_file``). With
     ``*`` or ``[...]``: each wildcard component is matched against the server's directory listing
     (names starting with '.' only by a pattern starting with '.', as :mod:`glob` does); the last
-    component matches files, the others directories.
+    component matches files, the others directories. The listing holds each file's size and
+    mtime: they are put in ``listed`` (URL -> RemoteFile), sparing a stat per file.
     """
     stat_file = stat_file or (lambda url: stat(url, policy=policy))
     parsed = RemoteURL.parse(pattern)
@@ -344,17 +351,23 @@ def expand_remote(pattern: str, *, policy: RetryPolicy | None = None, stat_file:
                 if hidden or is_dir == last or not fnmatch.fnmatchcase(entry.name, part):
                     continue
                 found.append(f"{directory.rstrip('/')}/{entry.name}")
+                if last and listed is not None:
+                    url = str(parsed.with_path(found[-1]))
+                    listed[url] = RemoteFile(url=url, size=int(entry.statinfo.size), mtime=int(entry.statinfo.modtime))
         candidates = found
     return sorted(str(parsed.with_path(path)) for path in candidates)
 
 
-def expand_patterns(patterns: Sequence[str], key: str, *, stat_file: Callable[[str], RemoteFile] | None = None) -> list[str]:
+def expand_patterns(
+    patterns: Sequence[str], key: str, *, stat_file: Callable[[str], RemoteFile] | None = None, listed: dict[str, RemoteFile] | None = None
+) -> list[str]:
     """Every file the ``data.files`` entries ``patterns`` (local paths and globs, root:// URLs and
     remote globs) name, each pattern's matches sorted, in the order of the patterns; a pattern
-    that matches nothing is a TaufmError naming ``key`` and the pattern."""
+    that matches nothing is a TaufmError naming ``key`` and the pattern. ``stat_file`` and
+    ``listed``: see :func:`expand_remote`."""
     found: list[str] = []
     for pattern in patterns:
-        matches = expand_remote(pattern, stat_file=stat_file) if is_remote(pattern) else sorted(glob.glob(pattern))
+        matches = expand_remote(pattern, stat_file=stat_file, listed=listed) if is_remote(pattern) else sorted(glob.glob(pattern))
         if not matches:
             raise TaufmError(f"{key}: {pattern!r} matches no file")
         found.extend(matches)

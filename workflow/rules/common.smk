@@ -47,10 +47,15 @@ def as_json(value):
     return json.dumps(value, sort_keys=True)
 
 
-@functools.cache
+# root:// inputs as the server described them in this DAG build (from a glob's listing or a stat).
+REMOTE_FILES = {}
+
+
 def remote_file(url):
-    """A root:// input as the server describes it now (size, mtime), asked once per DAG build."""
-    return remote.stat(url)
+    """A root:// input's size and mtime, asked of the server once per DAG build."""
+    if url not in REMOTE_FILES:
+        REMOTE_FILES[url] = remote.stat(url)
+    return REMOTE_FILES[url]
 
 
 @functools.cache
@@ -60,7 +65,9 @@ def _expand_globs(kind, name):
     patterns = config["data"]["files"][kind].get(name, [])
     if not patterns:
         raise TaufmError(f"data.source is 'files' but data.files.{kind}.{name} lists no files")
-    return tuple(remote.expand_patterns(patterns, f"data.files.{kind}.{name}", stat_file=remote_file))
+    return tuple(
+        remote.expand_patterns(patterns, f"data.files.{kind}.{name}", stat_file=remote_file, listed=REMOTE_FILES)
+    )
 
 
 def _listed(kind, name):
