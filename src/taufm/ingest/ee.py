@@ -27,6 +27,7 @@ import awkward as ak
 import numpy as np
 
 from taufm import remote
+from taufm.progress import Progress
 from taufm.config import config_hash, settings_from_mapping
 from taufm.errors import TaufmError
 from taufm.ingest.edm4hep import CollectionNames, EventChunk, iterate_events
@@ -320,9 +321,10 @@ def ingest_ee_file(path: str | Path, output: str | Path, *, sample: str, setting
     n_events = n_jets = n_signal = 0
     per_split = np.zeros(len(SPLITS), dtype=np.int64)
     per_decay_mode = np.zeros(6, dtype=np.int64)
-    with ShardWriter(output) as writer:
+    with ShardWriter(output) as writer, Progress(f"ingest {name}", None, unit="event") as progress:
         for layout, chunk in iterate_events(path, settings.chunk_size, settings.collections, identity=remote_file):
             columns = process_chunk(chunk, sample, settings, cutflow)
+            progress.update(len(chunk), jets=n_jets + len(columns["event"]))
             n = len(columns["event"])
             split = assign_split(sample, name, columns["event"], settings.split_ratios)
             writer.write({"sample": np.full(n, sample, dtype=object), "file": np.full(n, name, dtype=object), "split": split, **columns})

@@ -32,6 +32,7 @@ import numpy as np
 import uproot
 
 from taufm import remote
+from taufm.progress import Progress
 from taufm.config import config_hash
 from taufm.errors import TaufmError
 from taufm.ingest.shards import (
@@ -369,10 +370,11 @@ def ingest_jetclass_file(
         truncated = 0
         branches = [*REQUIRED_BRANCHES, *label_branches]
         # Each chunk is processed and written before the next is read: memory stays bounded.
-        with ShardWriter(output) as writer:
+        with ShardWriter(output) as writer, Progress(f"ingest {basename}", n_entries, unit="jet") as progress:
             for first_entry, arrays in _chunks(path, file, tree, branches, int(chunk_size), remote_file):
                 columns, chunk_cutflow = _process_chunk(path, arrays, first_entry, label_branches, settings, basename)
                 writer.write(columns)
+                progress.update(len(arrays))
                 for cut, n in chunk_cutflow.items():
                     totals[cut] += n
                 split_counts += np.bincount(columns["split"], minlength=len(SPLITS))
