@@ -91,7 +91,7 @@ def time_backbone(args: argparse.Namespace, name: str) -> None:
             "backbone": {"name": name, **BACKBONES[name]},
         }
         if BACKBONES[name]["objective"] == "mpm":
-            settings["model"]["positional"] = "learned"  # as config.yaml's continuous-mpm
+            settings["model"]["positional"] = "learned"  # as config/config.yaml's continuous-mpm
         command = ["pretrain", "--settings", json.dumps(settings), "--output-dir", str(tmp / "out"), str(tmp / "tokens_000.parquet")]
         if args.threads:
             command += ["--threads", str(args.threads)]

@@ -21,18 +21,18 @@ from taufm.rule_docs import REGENERATE_COMMAND as RULE_DOCS_COMMAND
 from taufm.rule_docs import render_rule_docs, workflow_rules
 
 ROOT = Path(__file__).resolve().parents[1]
-RULE_FILES = [ROOT / "Snakefile", *sorted((ROOT / "workflow" / "rules").glob("*.smk"))]
+RULE_FILES = [ROOT / "workflow" / "Snakefile", *sorted((ROOT / "workflow" / "rules").glob("*.smk"))]
 
 
 @pytest.mark.skipif(importlib.util.find_spec("snakefmt") is None, reason="snakefmt is not installed (pip install -e '.[test]')")
 def test_snakefile_and_rules_are_snakefmt_formatted():
     proc = subprocess.run(
-        [sys.executable, "-m", "snakefmt", "--check", "--diff", "Snakefile", "workflow/"],
+        [sys.executable, "-m", "snakefmt", "--check", "--diff", "workflow/"],
         cwd=ROOT,
         capture_output=True,
         text=True,
     )
-    assert proc.returncode == 0, f"run `snakefmt Snakefile workflow/` (settings: [tool.snakefmt] in pyproject.toml):\n{proc.stdout}{proc.stderr}"
+    assert proc.returncode == 0, f"run `snakefmt workflow/` (settings: [tool.snakefmt] in pyproject.toml):\n{proc.stdout}{proc.stderr}"
 
 
 def test_config_readme_is_generated_from_the_current_schema():
@@ -42,11 +42,11 @@ def test_config_readme_is_generated_from_the_current_schema():
 
 def test_rule_docs_are_generated_from_the_current_docstrings():
     checked_in = (ROOT / "docs" / "rules.md").read_text()
-    assert checked_in == render_rule_docs(workflow_rules(ROOT / "Snakefile")), f"docs/rules.md is out of date with the rules: run `{RULE_DOCS_COMMAND}`"
+    assert checked_in == render_rule_docs(workflow_rules(ROOT / "workflow" / "Snakefile")), f"docs/rules.md is out of date with the rules: run `{RULE_DOCS_COMMAND}`"
 
 
 def test_every_key_the_default_config_sets_is_described():
-    config = yaml.safe_load((ROOT / "config.yaml").read_text())
+    config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
     # The backbone definition's model overrides ($defs/backbone) carry no descriptions yet.
     not_yet = {"pretrain.backbones.continuous-mpm.model", "pretrain.backbones.continuous-mpm.model.positional"}
     missing = sorted(set(undescribed_keys(config)) - not_yet)
@@ -149,9 +149,9 @@ def test_rule_docs_refuse_an_undocumented_rule(tmp_path):
 
 def test_docs_subcommands_write_the_rendered_files_without_a_provenance_record(tmp_path):
     assert cli.main(["config-docs", "--output", str(tmp_path / "config" / "README.md")]) == 0
-    assert cli.main(["rule-docs", "--output", str(tmp_path / "rules.md"), "--snakefile", str(ROOT / "Snakefile")]) == 0
+    assert cli.main(["rule-docs", "--output", str(tmp_path / "rules.md"), "--snakefile", str(ROOT / "workflow" / "Snakefile")]) == 0
     assert (tmp_path / "config" / "README.md").read_text() == render_config_docs()
-    assert (tmp_path / "rules.md").read_text() == render_rule_docs(workflow_rules(ROOT / "Snakefile"))
+    assert (tmp_path / "rules.md").read_text() == render_rule_docs(workflow_rules(ROOT / "workflow" / "Snakefile"))
     assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == ["README.md", "rules.md"]
 
 
@@ -161,9 +161,9 @@ def test_catalog_file_says_what_the_workflow_supports():
     sources = {path: path.read_text() for path in RULE_FILES}
     deployment = usage["software-stack-deployment"]
     # conda: every rule that runs a command names the workflow's conda environment.
-    assert deployment["conda"] is True and (ROOT / "envs" / "taufm.yaml").is_file()
+    assert deployment["conda"] is True and (ROOT / "workflow" / "envs" / "taufm.yaml").is_file()
     for path, text in sources.items():
-        assert text.count("shell:") == text.count('conda:\n') == text.count('"../../envs/taufm.yaml"'), path
+        assert text.count("shell:") == text.count('conda:\n') == text.count('"../envs/taufm.yaml"'), path
     # apptainer: no rule names a container image.
     assert deployment["apptainer"] is False and deployment["apptainer+conda"] is False
     assert not any(re.search(r"^\s*container:", text, re.MULTILINE) for text in sources.values())

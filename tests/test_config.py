@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture()
 def default_config():
-    return yaml.safe_load((ROOT / "config.yaml").read_text())
+    return yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
 
 
 def test_default_config_and_presets_are_valid(default_config):

@@ -183,7 +183,7 @@ def test_a_command_without_settings_runs_at_the_schema_defaults(name):
 def test_the_workflow_passes_complete_valid_payloads():
     """What the rules pass (SETTINGS_PAYLOADS over the validated config) passes the commands'
     checks unchanged: the schema's defaults add nothing to it."""
-    config = validate_config(yaml.safe_load((ROOT / "config.yaml").read_text()))
+    config = validate_config(yaml.safe_load((ROOT / "config" / "config.yaml").read_text()))
     for name, payload in SETTINGS_PAYLOADS.items():
         if name == "pretrain":  # one job per backbone
             for backbone in config["pretrain"]["backbones"]:
@@ -195,7 +195,7 @@ def test_the_workflow_passes_complete_valid_payloads():
 
 
 def test_a_float_is_not_a_count_in_the_config_either():
-    config = yaml.safe_load((ROOT / "config.yaml").read_text())
+    config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
     config["finetune"]["epochs"] = 10.0
     with pytest.raises(TaufmError, match=r"finetune\.epochs: 10\.0 is not of type 'integer'"):
         validate_config(config)

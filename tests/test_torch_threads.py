@@ -36,7 +36,7 @@ def planned_torch_threads(tmp_path: Path, cores: int, override: dict | None = No
 
 
 def test_cores_do_not_change_the_torch_threads_of_training_jobs(tmp_path):
-    configured = yaml.safe_load((ROOT / "config.yaml").read_text())["compute"]
+    configured = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())["compute"]
     assert configured["torch_threads"] > 1, "with one thread, capping at --cores 1 would go unnoticed"
     expected = {"train-tokenizer": {configured["torch_threads"]}, "pretrain": {configured["torch_threads"]}, "finetune": {configured["finetune_threads"]}}
     one_core = planned_torch_threads(tmp_path, 1, {"compute": {"finetune_threads": 2}})

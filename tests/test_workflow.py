@@ -80,7 +80,8 @@ def smoke_run(tmp_path_factory):
 
 def test_the_local_profile_applies_by_itself(tmp_path):
     """profiles/default (rerun-incomplete, printed commands, ...) is used without being named:
-    Snakemake looks for it beside the Snakefile, so it must not move under workflow/."""
+    run from the repository root, Snakemake finds workflow/Snakefile and the profile under the
+    working directory's profiles/ (the catalog's standard layout)."""
     proc = snakemake("--config", f"results_dir={tmp_path / 'results'}", "--dry-run", "--quiet", "rules")
     assert "workflow specific profile profiles/default" in proc.stdout + proc.stderr
 
@@ -133,7 +134,7 @@ def test_smoke_run_produces_every_output(smoke_run):
     for shard in tokenized:
         table = pq.read_table(shard, columns=["tokens", "token_mask"]).to_pydict()
         assert all(row[0] == 0 for row in table["tokens"]), "every sequence starts with the start token"
-    backbones = yaml.safe_load((ROOT / "config.yaml").read_text())["pretrain"]["backbones"]
+    backbones = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())["pretrain"]["backbones"]
     assert {"tokens-ntp", "continuous-mpm"} <= set(backbones), "the smoke run pretrains an alternative backbone"
     for backbone, entry in backbones.items():
         pretrained = smoke_run / "pretrain" / backbone
@@ -181,7 +182,7 @@ def test_every_job_leaves_a_provenance_record(smoke_run):
 
     shards = [p for sub in ("simulated", "ingested", "tokenized") for p in (smoke_run / sub).rglob("*") if p.suffix in (".root", ".parquet")]
     records = [record_path(p, is_directory=False) for p in shards]
-    backbones = yaml.safe_load((ROOT / "config.yaml").read_text())["pretrain"]["backbones"]
+    backbones = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())["pretrain"]["backbones"]
     records += [record_path(smoke_run / d, is_directory=True) for d in ("tokenizer", *(f"pretrain/{b}" for b in backbones), "figures", "figures/tokenizer")]
     records += [record_path(run, is_directory=True) for run in {p.parent for p in (smoke_run / "finetune").rglob("model.pt")}]
     records += [record_path(smoke_run / "pretrain" / b / "loss_curve", False) for b in backbones] + [record_path(smoke_run / "metrics.csv", False)]
@@ -256,12 +257,12 @@ def test_paper_preset_builds_the_full_grid(smoke_run, tmp_path):
     counts = {line.split()[0]: int(line.split()[1]) for line in proc.stdout.splitlines() if len(line.split()) == 2 and line.split()[1].isdigit()}
     # config.yaml packs the seeds of the small cells (finetune.pack), the preset keeps that: each
     # pack job trains cells_per_job cells, every other cell is its own finetune job.
-    packing = yaml.safe_load((ROOT / "config.yaml").read_text())["finetune"]["pack"]
+    packing = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())["finetune"]["pack"]
     per_job = {family.rule: family.cells_per_job for family in pack_families({**grid, "pack": packing})}
     assert per_job, "the paper preset packs its small cells"
     planned_cells = counts["finetune"] + sum(counts.get(rule, 0) * n for rule, n in per_job.items())
     assert planned_cells == n_grid + n_ablations
-    backbones = {**yaml.safe_load((ROOT / "config.yaml").read_text())["pretrain"]["backbones"], **yaml.safe_load(paper.read_text())["pretrain"]["backbones"]}
+    backbones = {**yaml.safe_load((ROOT / "config" / "config.yaml").read_text())["pretrain"]["backbones"], **yaml.safe_load(paper.read_text())["pretrain"]["backbones"]}
     assert set(backbones) == {"tokens-ntp", "continuous-ntp", "continuous-mpm"}
     assert counts["finetune_pack"] > 0 and counts["pretrain"] == len(backbones) and counts["train_tokenizer"] == 1
 
@@ -288,12 +289,11 @@ def test_a_figure_style_edit_redraws_the_figures_only(smoke_run, tmp_path):
     copy = tmp_path / "checkout"
     ignore = shutil.ignore_patterns("__pycache__", "*.egg-info")
     shutil.copytree(ROOT / "src", copy / "src", ignore=ignore)
-    shutil.copytree(ROOT / "workflow", copy / "workflow", ignore=ignore)
-    shutil.copy(ROOT / "Snakefile", copy / "Snakefile")
+    shutil.copytree(ROOT / "workflow", copy / "workflow", ignore=ignore)  # the Snakefile, rules and envs
     env = {**os.environ, "PYTHONPATH": str(copy / "src")}
 
     def planned() -> set[str]:
-        cmd = [sys.executable, "-m", "snakemake", "--cores", "2", "--snakefile", str(copy / "Snakefile"), "--configfile", str(SMOKE),
+        cmd = [sys.executable, "-m", "snakemake", "--cores", "2", "--snakefile", str(copy / "workflow" / "Snakefile"), "--configfile", str(SMOKE),
                "--config", f"results_dir={smoke_run}", "--dry-run", "--quiet", "rules"]
         proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
         assert proc.returncode == 0, proc.stderr[-3000:]

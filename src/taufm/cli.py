@@ -504,7 +504,7 @@ def build_parser() -> argparse.ArgumentParser:
     cd.set_defaults(func=_cmd_config_docs)
     rd = sub.add_parser("rule-docs", help="Markdown documenting every workflow rule, from the rules' docstrings")
     rd.add_argument("--output", required=True, help="e.g. docs/rules.md")
-    rd.add_argument("--snakefile", default="Snakefile", help="the workflow's main file; its includes are read too")
+    rd.add_argument("--snakefile", default="workflow/Snakefile", help="the workflow's main file; its includes are read too")
     rd.set_defaults(func=_cmd_rule_docs)
     return parser
 

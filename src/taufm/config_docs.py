@@ -175,7 +175,7 @@ class _Renderer:
             "",
             markdown_prose(self.schema.get("description", "")),
             "",
-            "`config.yaml` at the repository root holds the default run and `workflow/presets/*.yaml` "
+            "`config/config.yaml` holds the default run and `workflow/presets/*.yaml` "
             "override parts of it (`snakemake --configfile workflow/presets/smoke.yaml`). Keys are "
             "written as dotted paths: `finetune.grid.sizes` is `sizes` under `grid` under `finetune`. "
             f"`{MAP_KEY_PLACEHOLDER}` stands for a name of your choice. A key with no default that is "

@@ -100,7 +100,7 @@ def workflow_files(snakefile: Path) -> list[Path]:
     return [snakefile, *included]
 
 
-def workflow_rules(snakefile: str | Path = "Snakefile") -> list[RuleDoc]:
+def workflow_rules(snakefile: str | Path = "workflow/Snakefile") -> list[RuleDoc]:
     """Every rule of the workflow whose main file is ``snakefile``, sources named relative to
     its directory."""
     snakefile = Path(snakefile)
@@ -148,7 +148,7 @@ def _anchor(name: str) -> str:
     return "".join(ch for ch in name.lower() if ch.isalnum() or ch in "-_")
 
 
-def write_rule_docs(output: str | Path, snakefile: str | Path = "Snakefile") -> Path:
+def write_rule_docs(output: str | Path, snakefile: str | Path = "workflow/Snakefile") -> Path:
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(render_rule_docs(workflow_rules(snakefile)))

@@ -14,7 +14,7 @@ rule metrics:
     log:
         result(paths.LOGS.format(stage="metrics", name="{task}_{strategy}_n{size}_seed{seed}")),
     conda:
-        "../../envs/taufm.yaml"
+        "../envs/taufm.yaml"
     threads: 1
     resources:
         mem_mb=2000,
@@ -47,7 +47,7 @@ rule aggregate_metrics:
     log:
         result(paths.LOGS.format(stage="metrics", name="aggregate")),
     conda:
-        "../../envs/taufm.yaml"
+        "../envs/taufm.yaml"
     params:
         code=CODE["metrics"],
         # Each backbone's pretraining cost under its own stage name, pretrain@<backbone>.
@@ -86,7 +86,7 @@ rule paper_figures:
     log:
         result(paths.LOGS.format(stage="figures", name="paper_figures")),
     conda:
-        "../../envs/taufm.yaml"
+        "../envs/taufm.yaml"
     params:
         code=CODE["figures"],
         size=EVALUATE["figure_size"],
@@ -128,7 +128,7 @@ rule embeddings:
     log:
         result(paths.LOGS.format(stage="figures", name="embeddings")),
     conda:
-        "../../envs/taufm.yaml"
+        "../envs/taufm.yaml"
     threads: 1
     resources:
         mem_mb=4000,

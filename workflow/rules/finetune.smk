@@ -34,7 +34,7 @@ rule finetune:
     benchmark:
         result(paths.BENCHMARKS.format(stage="finetune", name="{task}_{strategy}_n{size}_seed{seed}"))
     conda:
-        "../../envs/taufm.yaml"
+        "../envs/taufm.yaml"
     threads: FINETUNE_THREADS  # compute.finetune_threads, for scheduling; --cores may cap it, --threads below stays
     resources:
         mem_mb=4000,
@@ -76,7 +76,7 @@ for family in FINETUNE_PACKS:
         wildcard_constraints:
             **family.wildcard_constraints(),
         conda:
-            "../../envs/taufm.yaml"
+            "../envs/taufm.yaml"
         threads: FINETUNE_THREADS
         resources:
             mem_mb=4000,

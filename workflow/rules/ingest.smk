@@ -16,7 +16,7 @@ rule ingest_ee:
     benchmark:
         result(paths.BENCHMARKS.format(stage="ingest_ee", name="{sample}_{shard}"))
     conda:
-        "../../envs/taufm.yaml"
+        "../envs/taufm.yaml"
     threads: 1
     resources:
         mem_mb=4000,
@@ -46,7 +46,7 @@ rule ingest_jetclass:
     benchmark:
         result(paths.BENCHMARKS.format(stage="ingest_jetclass", name="{process}_{shard}"))
     conda:
-        "../../envs/taufm.yaml"
+        "../envs/taufm.yaml"
     threads: 1
     resources:
         mem_mb=4000,
@@ -73,7 +73,7 @@ rule dataquality:
     log:
         result(paths.LOGS.format(stage="dataquality", name="{dq_sample}")),
     conda:
-        "../../envs/taufm.yaml"
+        "../envs/taufm.yaml"
     threads: 1
     resources:
         mem_mb=2000,

@@ -23,7 +23,7 @@ rule pretrain:
     benchmark:
         result(paths.BENCHMARKS.format(stage="pretrain", name="{backbone}"))
     conda:
-        "../../envs/taufm.yaml"
+        "../envs/taufm.yaml"
     threads: TORCH_THREADS  # compute.torch_threads, for scheduling; --cores may cap it, --threads below stays
     resources:
         mem_mb=8000,
@@ -52,7 +52,7 @@ rule pretrain_loss_curve:
     benchmark:
         result(paths.BENCHMARKS.format(stage="pretrain", name="loss_curve_{backbone}"))
     conda:
-        "../../envs/taufm.yaml"
+        "../envs/taufm.yaml"
     threads: 1
     resources:
         mem_mb=1000,

@@ -15,7 +15,7 @@ rule simulate_ee:
     benchmark:
         result(paths.BENCHMARKS.format(stage="simulate_ee", name="{sample}_{shard}"))
     conda:
-        "../../envs/taufm.yaml"
+        "../envs/taufm.yaml"
     threads: 1
     resources:
         mem_mb=2000,
@@ -42,7 +42,7 @@ rule simulate_jetclass:
     benchmark:
         result(paths.BENCHMARKS.format(stage="simulate_jetclass", name="{process}_{shard}"))
     conda:
-        "../../envs/taufm.yaml"
+        "../envs/taufm.yaml"
     threads: 1
     resources:
         mem_mb=3000,

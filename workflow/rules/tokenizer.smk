@@ -16,7 +16,7 @@ rule train_tokenizer:
     benchmark:
         result(paths.BENCHMARKS.format(stage="tokenizer", name="train_tokenizer"))
     conda:
-        "../../envs/taufm.yaml"
+        "../envs/taufm.yaml"
     threads: TORCH_THREADS  # compute.torch_threads, for scheduling; --cores may cap it, --threads below stays
     resources:
         mem_mb=8000,
@@ -48,7 +48,7 @@ rule tokenizer_checks:
     log:
         result(paths.LOGS.format(stage="tokenizer", name="tokenizer_checks")),
     conda:
-        "../../envs/taufm.yaml"
+        "../envs/taufm.yaml"
     threads: 1
     resources:
         mem_mb=4000,
@@ -76,7 +76,7 @@ rule tokenize_ee:
     log:
         result(paths.LOGS.format(stage="tokenize", name="{sample}_{shard}")),
     conda:
-        "../../envs/taufm.yaml"
+        "../envs/taufm.yaml"
     threads: 1
     resources:
         mem_mb=3000,
@@ -98,7 +98,7 @@ rule tokenize_jetclass:
     log:
         result(paths.LOGS.format(stage="tokenize", name="{process}_{shard}")),
     conda:
-        "../../envs/taufm.yaml"
+        "../envs/taufm.yaml"
     threads: 1
     resources:
         mem_mb=4000,

@@ -6,7 +6,7 @@ resolution and impact parameters, ECAL clusters for photons (nearby photons merg
 cluster, as the photons of an energetic pi0 do), HCAL clusters for neutral hadrons, lepton
 identification with an efficiency, confusion between charged and neutral hadrons and between
 photons and neutral hadrons, acceptance and energy thresholds. Every number is a parameter (the
-defaults and their sources are in ``config.yaml``); nothing loops over particles in Python.
+defaults and their sources are in ``config/config.yaml``); nothing loops over particles in Python.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ _GEV_PER_TESLA_METRE = 0.299792458  # pT [GeV] = 0.2998 * B [T] * R [m] for unit
 
 @dataclass(frozen=True)
 class DetectorParameters:
-    """Response parameters; the defaults are a CLIC-like detector (sources in ``config.yaml``)."""
+    """Response parameters; the defaults are a CLIC-like detector (sources in ``config/config.yaml``)."""
 
     tracker_min_theta_deg: float = 8.0
     calorimeter_min_theta_deg: float = 8.0
