@@ -11,7 +11,8 @@ from taufm.errors import TaufmError
 from taufm.ingest.shards import CANDIDATE_FEATURES, MASK_COLUMN, write_shard
 from taufm.models.vqvae import VQVAE, VQVAEConfig, VectorQuantizer, reconstruction_losses
 from taufm.tokenizer.preprocessing import Preprocessing
-from taufm.tokenizer.tokenize import codes_of_tokens, stop_token, token_sequences, tokenize_shard
+from taufm.finetune.inputs import LIFETIME_CHANNEL_NAMES
+from taufm.tokenizer.tokenize import N_CANDIDATE_CHANNELS, TOKEN_FEATURES_COLUMN, codes_of_tokens, stop_token, token_sequences, tokenize_shard
 from taufm.tokenizer.train import TokenizerSettings, load_tokenizer, train_tokenizer
 
 F = {name: i for i, name in enumerate(CANDIDATE_FEATURES)}
@@ -36,13 +37,19 @@ def synthetic_jets(n_jets: int, width: int, seed: int = 0) -> tuple[np.ndarray, 
     return np.where(mask[..., None], f, 0.0).astype(np.float32), mask
 
 
-def write_synthetic_shard(path, n_jets=300, width=8, seed=0, splits=(0, 1, 2)) -> None:
+def write_synthetic_shard(path, n_jets=300, width=8, seed=0, splits=(0, 1, 2), impact_parameters: bool = False) -> None:
+    """A jet shard of :func:`synthetic_jets`; d0/dz (mm) and their errors are zero unless
+    ``impact_parameters``, then drawn per candidate."""
     features, mask = synthetic_jets(n_jets, width, seed)
     columns = {"split": np.resize(np.array(splits, dtype=np.int8), n_jets), "label": np.zeros(n_jets, dtype=np.int8)}
     for i, name in enumerate(CANDIDATE_FEATURES):
         columns[f"cand_{name}"] = features[..., i]
-    for extra in ("d0", "d0err", "dz", "dzerr"):
-        columns[f"cand_{extra}"] = np.zeros((n_jets, width), dtype=np.float32)
+    rng = np.random.default_rng(seed + 1)
+    for extra, scale in (("d0", 0.1), ("d0err", 0.01), ("dz", 0.1), ("dzerr", 0.01)):
+        values = np.abs(rng.normal(0.0, scale, (n_jets, width))) if extra.endswith("err") else rng.normal(0.0, scale, (n_jets, width))
+        columns[f"cand_{extra}"] = np.where(mask, values, 0.0).astype(np.float32) if impact_parameters else np.zeros((n_jets, width), dtype=np.float32)
+    if impact_parameters:  # the jet axis the impact parameters are signed against
+        columns["jet_eta"] = rng.normal(0.0, 1.0, n_jets).astype(np.float32)
     columns[MASK_COLUMN] = mask
     write_shard(path, columns, {"stage": "synthetic"})
 
@@ -207,6 +214,28 @@ def test_tokenize_a_shard_and_decode_it_back(trained, tmp_path):
     # Identical tokens from a second run: tokenization is deterministic.
     tokenize_shard(d / "jets_000.parquet", d / "out" / "tokenizer.pt", tmp_path / "again.parquet")
     assert pq.read_table(tmp_path / "again.parquet").to_pydict()["tokens"] == table["tokens"]
+
+
+def test_a_shard_without_impact_parameters_gets_zero_lifetime_channels_said_once(trained, tmp_path, caplog):
+    """A shard ingested without the d0/dz columns still tokenizes: its candidates' lifetime
+    channels are zero, the tokenizer channels are those of the full shard, and the warning naming
+    the shard comes once, not once per batch."""
+    d, _, _ = trained
+    write_synthetic_shard(tmp_path / "with_ip.parquet", seed=5, impact_parameters=True)
+    stripped = pq.read_table(tmp_path / "with_ip.parquet").drop_columns(["cand_d0", "cand_d0err", "cand_dz", "cand_dzerr"])
+    pq.write_table(stripped, tmp_path / "no_ip.parquet")
+    full = tokenize_shard(tmp_path / "with_ip.parquet", d / "out" / "tokenizer.pt", tmp_path / "full.parquet", batch_size=64)
+    with caplog.at_level("WARNING", logger="taufm.tokenizer.tokenize"):
+        manifest = tokenize_shard(tmp_path / "no_ip.parquet", d / "out" / "tokenizer.pt", tmp_path / "no_ip_tokens.parquet", batch_size=64)
+    assert manifest["jets"] == full["jets"] > 64, "several batches"
+    said = [r.getMessage() for r in caplog.records if "lifetime channels are zero" in r.getMessage()]
+    assert len(said) == 1 and "no_ip.parquet" in said[0]
+    width = N_CANDIDATE_CHANNELS + len(LIFETIME_CHANNEL_NAMES)
+    ours = np.array(pq.read_table(tmp_path / "no_ip_tokens.parquet").column(TOKEN_FEATURES_COLUMN).to_pylist())
+    theirs = np.array(pq.read_table(tmp_path / "full.parquet").column(TOKEN_FEATURES_COLUMN).to_pylist())
+    ours, theirs = ours.reshape(len(ours), -1, width), theirs.reshape(len(theirs), -1, width)
+    assert np.all(ours[..., N_CANDIDATE_CHANNELS:] == 0) and np.any(theirs[..., N_CANDIDATE_CHANNELS:] != 0)
+    np.testing.assert_array_equal(ours[..., :N_CANDIDATE_CHANNELS], theirs[..., :N_CANDIDATE_CHANNELS])
 
 
 def test_bad_inputs_are_named(trained, tmp_path):

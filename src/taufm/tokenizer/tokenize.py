@@ -89,14 +89,15 @@ def _file_digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
 
-def _lifetime_or_zeros(table: dict, shard: Path) -> np.ndarray:
-    """The lifetime channels of the candidates; zeros (said once per shard) for a shard
-    ingested without the impact-parameter columns."""
-    width = table[MASK_COLUMN].shape[1]
-    if all(c in table for c in (*LIFETIME_COLUMNS, "cand_deta", "cand_dphi", "jet_eta")):
+LIFETIME_INPUT_COLUMNS = (*LIFETIME_COLUMNS, "cand_deta", "cand_dphi", "jet_eta")  # what lifetime_channels reads
+
+
+def _lifetime_or_zeros(table: dict, has_lifetime: bool) -> np.ndarray:
+    """The lifetime channels of the candidates; zeros for a shard ingested without the
+    impact-parameter columns."""
+    if has_lifetime:
         return lifetime_channels(table)
-    log.warning("%s has no %s columns: its lifetime channels are zero", shard, "/".join(LIFETIME_COLUMNS))
-    return np.zeros((len(table[MASK_COLUMN]), width, len(LIFETIME_CHANNEL_NAMES)), dtype=np.float32)
+    return np.zeros((*table[MASK_COLUMN].shape[:2], len(LIFETIME_CHANNEL_NAMES)), dtype=np.float32)
 
 
 @torch.no_grad()
@@ -114,6 +115,9 @@ def tokenize_shard(shard: str | Path, tokenizer: str | Path, output: str | Path,
     if missing:
         raise TaufmError(f"{shard}: missing column(s) {', '.join(missing)} (tokenize reads ingested shards)")
     carried = [c for c in names if not c.startswith("cand_")]
+    has_lifetime = all(c in names for c in LIFETIME_INPUT_COLUMNS)
+    if not has_lifetime:
+        log.warning("%s has no %s columns: its lifetime channels are zero", shard, "/".join(LIFETIME_COLUMNS))
     empty = parquet.metadata.num_rows == 0
     if empty:
         log.warning("%s holds no jets: writing an empty token shard", shard)
@@ -132,7 +136,7 @@ def tokenize_shard(shard: str | Path, tokenizer: str | Path, output: str | Path,
                 latent = model.encode(x, m)
                 codes[inputs["mask"]] = model.quantizer.nearest(latent[m]).numpy()
             tokens, token_mask = token_sequences(codes, inputs["mask"], k)
-            channels = np.concatenate([inputs["inputs"], _lifetime_or_zeros(table, shard)], axis=-1)
+            channels = np.concatenate([inputs["inputs"], _lifetime_or_zeros(table, has_lifetime)], axis=-1)
             features = token_features(channels, inputs["mask"])
             columns = {**{c: table[c] for c in carried}, "n_tokens": token_mask.sum(axis=1).astype(np.int16), "tokens": tokens, "token_mask": token_mask}
             writer.write({**columns, TOKEN_FEATURES_COLUMN: features.reshape(len(features), features.shape[1] * features.shape[2])})
