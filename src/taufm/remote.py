@@ -205,15 +205,22 @@ def retrying(url: str, what: str, request: Callable[[], Any], policy: RetryPolic
         try:
             return request()
         except OSError as err:
-            text = _error_text(err)
-            if not is_transient(err):
-                raise RemoteError(f"{url}: {what} failed: {_reason(text)}", server_error_code(text)) from err
             failures += 1
-            if failures >= policy.attempts:
-                raise RemoteError(f"{url}: {what} failed {failures} times in a row ({_reason(text)}); is the server up and reachable?") from err
-            wait = policy.wait(failures)
-            log.warning("%s: %s failed (%s); attempt %d of %d in %.1f s", url, what, _reason(text), failures + 1, policy.attempts, wait)
-            time.sleep(wait)
+            time.sleep(_wait_after_failure(url, what, err, failures, policy, "trying again"))
+
+
+def _wait_after_failure(url: str | os.PathLike[str], what: str, err: OSError, failures: int, policy: RetryPolicy, then: str) -> float:
+    """After the ``failures``-th failure in a row of ``what`` on ``url``: the seconds to wait before
+    ``then`` (said in the log), or a RemoteError naming ``url`` when the error is permanent or the
+    attempts are spent."""
+    text = _error_text(err)
+    if not is_transient(err):
+        raise RemoteError(f"{url}: {what} failed: {_reason(text)}", server_error_code(text)) from err
+    if failures >= policy.attempts:
+        raise RemoteError(f"{url}: {what} failed {failures} times in a row ({_reason(text)}); is the server up and reachable?") from err
+    wait = policy.wait(failures)
+    log.warning("%s: %s failed (%s); %s in %.1f s (attempt %d of %d)", url, what, _reason(text), then, wait, failures + 1, policy.attempts)
+    return wait
 
 
 # ---- The XRootD client: metadata (stat, listings, checksums) ----
@@ -456,17 +463,11 @@ def iterate_resuming(
             except OSError as err:
                 if not is_remote(source):
                     raise
-                text = _error_text(err)
-                if not is_transient(err):
-                    raise RemoteError(f"{source}: reading from entry {entry} failed: {_reason(text)}", server_error_code(text)) from err
                 failures += 1
-                if failures >= policy.attempts:
-                    raise RemoteError(f"{source}: reading from entry {entry} failed {failures} times in a row ({_reason(text)}); is the server up and reachable?") from err
-                wait = policy.wait(failures)
-                log.warning("%s: reading from entry %d failed (%s); reopening in %.1f s (attempt %d of %d)", source, entry, _reason(text), wait, failures + 1, policy.attempts)
+                wait = _wait_after_failure(source, f"reading from entry {entry}", err, failures, policy, "reopening")
                 close_quietly(file, source)
                 file = tree = None
-                lost = _reason(text)
+                lost = _reason(_error_text(err))
                 time.sleep(wait)
             except TaufmError as err:
                 if lost is not None:  # reopening after a lost connection failed (after its own retries)
