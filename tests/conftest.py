@@ -9,6 +9,7 @@ import torch
 import uproot
 
 from taufm.sim.ee import simulate_ee_shard
+from tests import slurm_smoke
 
 # The unit tests train tiny networks: on one intra-op thread they run several times faster than on
 # two that synchronise around every small kernel (measured: a 200-jet fine-tuning cell 1.0 s
@@ -17,6 +18,20 @@ torch.set_num_threads(1)
 
 # Sizes: enough taus for statistical tests of decay-mode fractions, small enough for CI.
 EE_TEST_EVENTS = {"Z_Ztautau": 800, "ZH_Htautau": 200, "qq": 200}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def background_slurm_smoke_run(request, tmp_path_factory):
+    """The Slurm smoke run (``tests/slurm_smoke.py``), started before the session's first test
+    when a collected test will wait for it, so that its scheduler waits overlap the other tests."""
+    if not any(slurm_smoke.FIXTURE in getattr(item, "fixturenames", ()) for item in request.session.items):
+        yield None
+        return
+    run = slurm_smoke.SlurmSmokeRun(tmp_path_factory.mktemp("slurm")).start()
+    try:
+        yield run
+    finally:
+        run.stop()
 
 
 @pytest.fixture(scope="session")

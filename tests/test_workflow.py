@@ -16,6 +16,7 @@ import yaml
 from taufm import paths
 from taufm.finetune.packs import pack_families
 from taufm.finetune.strategies import parse_strategy
+from tests.slurm_smoke import TRAINING_RULES, SlurmSmokeRun
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "workflow" / "presets" / "smoke.yaml"
@@ -313,39 +314,7 @@ def test_a_simulation_setting_reruns_everything_downstream(smoke_run, tmp_path):
 
 
 # ---- the same smoke run on a real (single-node) Slurm cluster, through the shipped profile ----
-
-TRAINING_RULES = ("train_tokenizer", "pretrain", "finetune")
-
-
-def slurm_test_profile(directory: Path) -> Path:
-    """``slurm/config.yaml`` as shipped, with this test cluster's names and fast polling.
-
-    Overrides: the partitions (``cpu`` default, ``gpu`` for training rules), no account, status
-    polling every second instead of 40 + 30 s, no retries (a failure must show), and threads /
-    CPUs per GPU sized to this 2-core machine (the same threads as the local smoke run).
-    """
-    profile = yaml.safe_load((ROOT / "slurm" / "config.yaml").read_text())
-    assert profile["executor"] == "slurm"
-    for rule in TRAINING_RULES:
-        assert "cpus_per_gpu" in profile["set-resources"][rule], f"{rule}: cpus_per_gpu in the shipped profile"
-    threads = {"train_tokenizer": 2, "pretrain": 2, "finetune": 1}
-    profile.update(
-        {
-            "jobs": 4,
-            "retries": 0,
-            "latency-wait": 5,
-            "seconds-between-status-checks": 1,
-            "slurm-init-seconds-before-status-checks": 1,
-            "slurm-no-account": True,
-            "set-threads": threads,
-        }
-    )
-    profile["default-resources"]["slurm_partition"] = "cpu"
-    for rule in TRAINING_RULES:
-        profile["set-resources"][rule].update(slurm_partition="gpu", cpus_per_gpu=threads[rule])
-    directory.mkdir(parents=True)
-    (directory / "config.yaml").write_text(yaml.safe_dump(profile))
-    return directory
+# (started in the background by tests/conftest.py: tests/slurm_smoke.py)
 
 
 def test_slurm_profile_is_found_by_name_from_the_repository_root(tmp_path):
@@ -358,39 +327,14 @@ def test_slurm_profile_is_found_by_name_from_the_repository_root(tmp_path):
 
 
 @pytest.fixture(scope="session")
-def slurm_cluster():
-    from tests.slurm_cluster import SlurmTestCluster, unavailable_reason
-
-    reason = unavailable_reason()
-    if reason:
-        pytest.skip(reason)
-    with SlurmTestCluster() as cluster:
-        yield cluster
+def slurm_smoke_run(background_slurm_smoke_run) -> tuple[Path, SlurmSmokeRun]:
+    run = background_slurm_smoke_run.wait()
+    return run.results, run
 
 
 @pytest.fixture(scope="session")
-def slurm_smoke_run(slurm_cluster, tmp_path_factory):
-    """The smoke preset through ``snakemake --profile slurm``; training stages with ``device: auto``,
-    so their rules request a GPU (the cluster's GPU is fake: the jobs still compute on the CPU)."""
-    base = tmp_path_factory.mktemp("slurm")
-    results = base / "results"
-    smoke = yaml.safe_load(SMOKE.read_text())
-    override = base / "gpu.yaml"
-    # The whole chain, with one fine-tuning cell (Fig. 6 needs it): every rule kind goes through
-    # Slurm, and the test suite keeps its time; the local runs cover the whole grid.
-    stages = {stage: {**smoke[stage], "device": "auto"} for stage in ("tokenizer", "pretrain", "finetune")}
-    stages["finetune"]["grid"] = {**smoke["finetune"]["grid"], "tasks": ["decay_mode"], "strategies": ["finetune"]}
-    stages["finetune"]["ablations"] = {**smoke["finetune"]["ablations"], "tasks": []}
-    override.write_text(yaml.safe_dump({"results_dir": str(results), **stages}))
-    profile = slurm_test_profile(base / "profile")
-    # The figures' chain only (the data-quality and tokenizer-check figures are left to the
-    # local runs): every kind of training and evaluation job still goes through Slurm.
-    targets = [str(results / "figures" / name) for name in ("fig5_physics.png", "fig6_tsne.png", "summary_table.md")]
-    cmd = [sys.executable, "-m", "snakemake", "--profile", str(profile), *targets, "--configfile", str(SMOKE), str(override)]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1800)
-    if proc.returncode != 0:
-        raise AssertionError(f"snakemake --profile slurm failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}\n{slurm_cluster.logs()[-4000:]}")
-    return results, proc
+def slurm_cluster(slurm_smoke_run):
+    return slurm_smoke_run[1].cluster
 
 
 def test_slurm_profile_runs_the_smoke_preset_with_gpus_for_training_only(slurm_cluster, slurm_smoke_run):
@@ -461,20 +405,28 @@ def assert_same_outputs(first: Path, second: Path, only: set[Path] | None = None
 
 
 KILL_AFTER = "a fine-tuning cell's first epoch"
+# The killed run's grid: fewer cells than the smoke run (each is compared with the smoke run's),
+# among them one that unfreezes its backbone mid-training and the ParT.
+KILLED_RUN_GRID = {"tasks": ["pt_regression", "decay_mode"], "strategies": ["finetune", "part"]}
 
 
 @pytest.fixture(scope="session")
 def killed_and_resumed_run(tmp_path_factory):
-    """The smoke run killed with SIGKILL, snakemake and every job it started (a lost node, kill -9
-    of the process group), while fine-tuning: as soon as a cell has written its first epoch's
-    checkpoint and not yet its summary. Then the README's instructions, word for word:
-    ``snakemake --unlock`` and the same command again."""
+    """The smoke run (on a smaller grid) killed with SIGKILL, snakemake and every job it started
+    (a lost node, kill -9 of the process group), while fine-tuning: as soon as a cell has written
+    its first epoch's checkpoint and not yet its summary. Then the README's instructions, word
+    for word: ``snakemake --unlock`` and the same command again."""
     import os
     import signal
     import time
 
-    results = tmp_path_factory.mktemp("killed") / "results"
-    args = ["--config", f"results_dir={results}"]
+    base = tmp_path_factory.mktemp("killed")
+    results = base / "results"
+    smoke = yaml.safe_load(SMOKE.read_text())["finetune"]
+    override = base / "grid.yaml"
+    finetune = {**smoke, "grid": {**smoke["grid"], **KILLED_RUN_GRID}, "ablations": {**smoke["ablations"], "tasks": []}}
+    override.write_text(yaml.safe_dump({"results_dir": str(results), "finetune": finetune}))
+    args = [str(override)]  # after the --configfile of snakemake()
     cmd = [sys.executable, "-m", "snakemake", "--cores", "2", "--configfile", str(SMOKE), *args]
     process = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline, killed_in = time.monotonic() + 1200, None
@@ -504,7 +456,11 @@ def test_a_killed_run_resumes_as_the_readme_says_and_equals_an_uninterrupted_one
     logs = {p.name: p.read_text() for p in (results / "logs" / "finetune").glob("*.log")}
     resumed_cells = [name for name, text in logs.items() if "resuming from" in text]
     assert resumed_cells, f"no fine-tuning cell resumed from its checkpoint (killed in {killed_in})"
-    assert_same_outputs(smoke_run, results)
+    cells = {p.parent for p in (results / "finetune").rglob("model.pt")}
+    assert {(c.parts[-4], c.parts[-3]) for c in cells} == {(t, s) for t in KILLED_RUN_GRID["tasks"] for s in KILLED_RUN_GRID["strategies"]}
+    # Every output the killed run shares with the smoke run, bar the tables over the whole grid.
+    shared = {k for k in _comparable_outputs(results) if k.name not in ("metrics.parquet", "comparisons.parquet")}
+    assert_same_outputs(results, smoke_run, only=shared)
 
 
 def test_a_forced_tokenizer_rerun_rewrites_its_outputs(killed_and_resumed_run):
@@ -514,14 +470,14 @@ def test_a_forced_tokenizer_rerun_rewrites_its_outputs(killed_and_resumed_run):
     tokenizer = results / "tokenizer" / "tokenizer.pt"
     before = tokenizer.read_bytes()
     # The issue's command: the tokenizer alone (--until), forced; nargs options end at the next option.
-    snakemake("--until", "train_tokenizer", "--forcerun", "train_tokenizer", "--config", f"results_dir={results}")
+    snakemake(str(results.parent / "grid.yaml"), "--until", "train_tokenizer", "--forcerun", "train_tokenizer")
     assert tokenizer.read_bytes() == before and (results / "tokenizer" / "history.csv").exists()
 
 
 def test_two_runs_with_one_seed_are_identical(smoke_run, slurm_smoke_run):
     """The Slurm run (its training stages with device auto, the CPU here) against the local one:
     byte-identical shards, tokenizer and backbone, equal models, predictions and metrics of the
-    cells both ran. Without a test cluster, the killed-and-resumed run covers the whole grid."""
+    cells both ran. Without a test cluster, the killed-and-resumed run compares the same way."""
     results, _ = slurm_smoke_run
     shared = {k for k in _comparable_outputs(results) if k.parts[0] != "finetune" and k.name not in ("metrics.parquet", "comparisons.parquet")}
     shared |= {k for k in _comparable_outputs(results) if k.parts[0] == "finetune"}
