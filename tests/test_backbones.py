@@ -170,6 +170,20 @@ def test_hidden_candidates_are_real_candidates_drawn_from_seed_and_step():
     assert not torch.equal(hidden, hidden_candidates(tokens, mask, K + 2, 0.4, seed=5, split="val", step=7))
 
 
+@pytest.mark.parametrize("n_jets", [200, 7])  # a full global batch, and an epoch's last, short one
+def test_each_process_hides_its_rows_of_the_global_batch_as_one_process_would(n_jets):
+    """Under DDP a process holds rows rank, rank + world_size, ... of the global batch: its hidden
+    candidates are those rows of the single process's, so MPM does not depend on the number of
+    processes."""
+    tokens, mask, _ = _batch(n_jets=n_jets)
+    alone = hidden_candidates(tokens, mask, K + 2, 0.4, seed=5, split="train", step=3)
+    for world_size in (2, 3):
+        for rank in range(world_size):
+            share = slice(rank, None, world_size)
+            ours = hidden_candidates(tokens[share], mask[share], K + 2, 0.4, seed=5, split="train", step=3, rank=rank, world_size=world_size)
+            assert torch.equal(ours, alone[share]), (rank, world_size)
+
+
 def test_a_continuous_backbone_ignores_padding_and_is_causal_for_ntp():
     tokens, mask, features = _batch()
     model = _continuous_model()

@@ -134,26 +134,43 @@ class FeatureHead(nn.Module):
 MASK_SEED_OFFSET = {"train": 0, "val": 1}
 
 
-def hidden_candidates(tokens: torch.Tensor, mask: torch.Tensor, vocab_size: int, fraction: float, seed: int, split: str, step: int) -> torch.Tensor:
+def hidden_candidates(
+    tokens: torch.Tensor, mask: torch.Tensor, vocab_size: int, fraction: float, seed: int, split: str, step: int, rank: int = 0, world_size: int = 1
+) -> torch.Tensor:
     """(batch, length) bool: the candidate positions masked particle modelling hides in this
     batch, each with probability ``fraction``, drawn from (seed, split, step) alone. Start, stop
-    and padding positions are never hidden."""
+    and padding positions are never hidden.
+
+    Under DDP the batch is this process's share of the global batch, its rows ``rank``,
+    ``rank + world_size``, ... (:meth:`TokenBatches.epoch`): the draws are those of the global
+    batch's rows, so a jet is hidden alike whatever the number of processes."""
     candidates = mask & (tokens != START_TOKEN) & (tokens < vocab_size - 1)
     generator = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, MASK_SEED_OFFSET[split], step]).generate_state(1)[0]))
-    draw = torch.rand(tokens.shape, generator=generator).to(tokens.device)
-    return candidates & (draw < fraction)
+    rows = len(tokens)
+    # The generator fills row after row: the first rows of a larger draw are the smaller draw.
+    draw = torch.rand((rank + world_size * rows, tokens.shape[1]), generator=generator)[rank::world_size][:rows]
+    return candidates & (draw.to(tokens.device) < fraction)
 
 
 def objective_loss(
-    settings: PretrainSettings, backbone: nn.Module, head: nn.Module, batch: Sequence[torch.Tensor], vocab_size: int, split: str, step: int
+    settings: PretrainSettings,
+    backbone: nn.Module,
+    head: nn.Module,
+    batch: Sequence[torch.Tensor],
+    vocab_size: int,
+    split: str,
+    step: int,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(sum of the losses, number of predictions) of the backbone's objective on one batch:
-    ``batch`` is (tokens, mask) or (tokens, mask, features)."""
+    ``batch`` is (tokens, mask) or (tokens, mask, features), this process's share (``rank`` of
+    ``world_size``) of the global batch."""
     tokens, mask = batch[0], batch[1]
     inputs = batch[2] if settings.continuous else tokens
     if settings.objective == "ntp":
         return next_token_loss_from_embeddings(head, backbone(inputs, mask), tokens, mask)
-    hidden = hidden_candidates(tokens, mask, vocab_size, float(settings.backbone.get("mask_fraction", 0.4)), settings.seed, split, step)
+    hidden = hidden_candidates(tokens, mask, vocab_size, float(settings.backbone.get("mask_fraction", 0.4)), settings.seed, split, step, rank, world_size)
     embeddings = backbone(inputs, mask, hidden=hidden)
     predicted = head(embeddings[hidden]).float()
     if settings.predicts_features:
@@ -207,7 +224,7 @@ def validation_loss(
             break
         batch = [t.to(device) for t in batch]
         with autocast(device):
-            loss_sum, count = objective_loss(settings, backbone, head, batch, backbone.config.vocab_size, "val", i)
+            loss_sum, count = objective_loss(settings, backbone, head, batch, backbone.config.vocab_size, "val", i, ddp.rank, ddp.world_size)
         total += torch.stack([loss_sum.double(), count.double()])
     total = _all_sum(total, ddp)
     return float(total[0] / total[1].clamp(min=1))
@@ -360,7 +377,7 @@ def pretrain(shards: Sequence[str | Path], output_dir: str | Path, settings: Pre
             batch = [t.to(device) for t in batch]
             tokens, mask = batch[0], batch[1]
             with autocast(device):
-                loss_sum, count = objective_loss(settings, train_backbone, train_head, batch, config.vocab_size, "train", position["global_step"])
+                loss_sum, count = objective_loss(settings, train_backbone, train_head, batch, config.vocab_size, "train", position["global_step"], ddp.rank, ddp.world_size)
             global_count = _all_sum(count.detach().double(), ddp).clamp(min=1)
             # DDP averages gradients over processes: scale so the update is that of the global mean.
             loss = loss_sum * ddp.world_size / global_count
