@@ -89,6 +89,7 @@ class SlurmSmokeRun:
         stages = {stage: {**smoke[stage], "device": "auto"} for stage in ("tokenizer", "pretrain", "finetune")}
         stages["finetune"]["grid"] = {**smoke["finetune"]["grid"], "tasks": ["decay_mode"], "strategies": ["finetune"]}
         stages["finetune"]["ablations"] = {**smoke["finetune"]["ablations"], "tasks": []}
+        stages["finetune"]["pack"] = {"by": []}  # the per-cell rule (the local smoke run packs strategies)
         override.write_text(yaml.safe_dump({"results_dir": str(self.results), **stages}))
         profile = slurm_test_profile(self.base / "profile")
         targets = [str(self.results / "figures" / name) for name in ("fig5_physics.png", "fig6_tsne.png", "summary_table.md")]

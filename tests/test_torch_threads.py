@@ -14,7 +14,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "workflow" / "presets" / "smoke.yaml"
-TRAINING_COMMANDS = ("train-tokenizer", "pretrain", "finetune")
+TRAINING_COMMANDS = ("train-tokenizer", "pretrain", "finetune", "finetune-pack")  # the smoke preset packs strategies
 _COMMAND = re.compile(r"^Shell command: .*?taufm'? '?(?P<command>[a-z-]+)'? .*?--threads '?(?P<threads>\d+)'?", re.MULTILINE)
 
 
@@ -38,13 +38,14 @@ def planned_torch_threads(tmp_path: Path, cores: int, override: dict | None = No
 def test_cores_do_not_change_the_torch_threads_of_training_jobs(tmp_path):
     configured = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())["compute"]
     assert configured["torch_threads"] > 1, "with one thread, capping at --cores 1 would go unnoticed"
-    expected = {"train-tokenizer": {configured["torch_threads"]}, "pretrain": {configured["torch_threads"]}, "finetune": {configured["finetune_threads"]}}
+    cells = {configured["finetune_threads"]}
+    expected = {"train-tokenizer": {configured["torch_threads"]}, "pretrain": {configured["torch_threads"]}, "finetune": cells, "finetune-pack": cells}
     one_core = planned_torch_threads(tmp_path, 1, {"compute": {"finetune_threads": 2}})
     three_cores = planned_torch_threads(tmp_path, 3, {"compute": {"finetune_threads": 2}})
-    assert one_core == three_cores == {**expected, "finetune": {2}}
+    assert one_core == three_cores == {**expected, "finetune": {2}, "finetune-pack": {2}}
     assert planned_torch_threads(tmp_path, 3) == expected
 
 
 def test_the_torch_threads_are_those_of_the_config(tmp_path):
     planned = planned_torch_threads(tmp_path, 1, {"compute": {"torch_threads": 3, "finetune_threads": 4}})
-    assert planned == {"train-tokenizer": {3}, "pretrain": {3}, "finetune": {4}}
+    assert planned == {"train-tokenizer": {3}, "pretrain": {3}, "finetune": {4}, "finetune-pack": {4}}

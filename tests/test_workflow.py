@@ -278,7 +278,8 @@ def _planned_jobs(smoke_run, tmp_path, change: dict) -> set[str]:
 def test_a_finetune_setting_reruns_exactly_finetuning_and_evaluation(smoke_run, tmp_path):
     finetune = yaml.safe_load(SMOKE.read_text())["finetune"]
     jobs = _planned_jobs(smoke_run, tmp_path, {"finetune": {**finetune, "epochs": finetune["epochs"] + 1}})
-    assert jobs == {"finetune", "metrics", "aggregate_metrics", "paper_figures", "embeddings", "all"}
+    # The smoke preset packs strategies: the single-strategy families stay per-cell jobs.
+    assert jobs == {"finetune", "finetune_pack", "finetune_pack_ablations", "metrics", "aggregate_metrics", "paper_figures", "embeddings", "all"}
 
 
 def test_a_figure_style_edit_redraws_the_figures_only(smoke_run, tmp_path):
@@ -405,8 +406,9 @@ def assert_same_outputs(first: Path, second: Path, only: set[Path] | None = None
 
 
 KILL_AFTER = "a fine-tuning cell's first epoch"
-# The killed run's grid: fewer cells than the smoke run (each is compared with the smoke run's),
-# among them one that unfreezes its backbone mid-training and the ParT.
+# The killed run's grid: fewer cells than the smoke run, one job each (each is compared with the
+# smoke run's, which packs strategies), among them one that unfreezes its backbone mid-training
+# and the ParT.
 KILLED_RUN_GRID = {"tasks": ["pt_regression", "decay_mode"], "strategies": ["finetune", "part"]}
 
 
@@ -424,7 +426,7 @@ def killed_and_resumed_run(tmp_path_factory):
     results = base / "results"
     smoke = yaml.safe_load(SMOKE.read_text())["finetune"]
     override = base / "grid.yaml"
-    finetune = {**smoke, "grid": {**smoke["grid"], **KILLED_RUN_GRID}, "ablations": {**smoke["ablations"], "tasks": []}}
+    finetune = {**smoke, "grid": {**smoke["grid"], **KILLED_RUN_GRID}, "ablations": {**smoke["ablations"], "tasks": []}, "pack": {"by": []}}
     override.write_text(yaml.safe_dump({"results_dir": str(results), "finetune": finetune}))
     args = [str(override)]  # after the --configfile of snakemake()
     cmd = [sys.executable, "-m", "snakemake", "--cores", "2", "--configfile", str(SMOKE), *args]
