@@ -236,6 +236,11 @@ def test_a_shard_without_impact_parameters_gets_zero_lifetime_channels_said_once
     ours, theirs = ours.reshape(len(ours), -1, width), theirs.reshape(len(theirs), -1, width)
     assert np.all(ours[..., N_CANDIDATE_CHANNELS:] == 0) and np.any(theirs[..., N_CANDIDATE_CHANNELS:] != 0)
     np.testing.assert_array_equal(ours[..., :N_CANDIDATE_CHANNELS], theirs[..., :N_CANDIDATE_CHANNELS])
+    # ...and one that is also empty gives an empty token shard.
+    write_synthetic_shard(tmp_path / "empty.parquet", n_jets=0)
+    pq.write_table(pq.read_table(tmp_path / "empty.parquet").drop_columns(["cand_d0", "cand_d0err", "cand_dz", "cand_dzerr"]), tmp_path / "empty_no_ip.parquet")
+    assert tokenize_shard(tmp_path / "empty_no_ip.parquet", d / "out" / "tokenizer.pt", tmp_path / "empty_tokens.parquet")["jets"] == 0
+    assert pq.read_metadata(tmp_path / "empty_tokens.parquet").num_rows == 0
 
 
 def test_bad_inputs_are_named(trained, tmp_path):

@@ -92,12 +92,12 @@ def _file_digest(path: Path) -> str:
 LIFETIME_INPUT_COLUMNS = (*LIFETIME_COLUMNS, "cand_deta", "cand_dphi", "jet_eta")  # what lifetime_channels reads
 
 
-def _lifetime_or_zeros(table: dict, has_lifetime: bool) -> np.ndarray:
-    """The lifetime channels of the candidates; zeros for a shard ingested without the
-    impact-parameter columns."""
+def _lifetime_or_zeros(table: dict, has_lifetime: bool, candidates_shape: tuple[int, ...]) -> np.ndarray:
+    """The lifetime channels of the candidates, (jets, candidates, channels); zeros for a shard
+    ingested without the impact-parameter columns."""
     if has_lifetime:
         return lifetime_channels(table)
-    return np.zeros((*table[MASK_COLUMN].shape[:2], len(LIFETIME_CHANNEL_NAMES)), dtype=np.float32)
+    return np.zeros((*candidates_shape, len(LIFETIME_CHANNEL_NAMES)), dtype=np.float32)
 
 
 @torch.no_grad()
@@ -136,7 +136,7 @@ def tokenize_shard(shard: str | Path, tokenizer: str | Path, output: str | Path,
                 latent = model.encode(x, m)
                 codes[inputs["mask"]] = model.quantizer.nearest(latent[m]).numpy()
             tokens, token_mask = token_sequences(codes, inputs["mask"], k)
-            channels = np.concatenate([inputs["inputs"], _lifetime_or_zeros(table, has_lifetime)], axis=-1)
+            channels = np.concatenate([inputs["inputs"], _lifetime_or_zeros(table, has_lifetime, inputs["inputs"].shape[:2])], axis=-1)
             features = token_features(channels, inputs["mask"])
             columns = {**{c: table[c] for c in carried}, "n_tokens": token_mask.sum(axis=1).astype(np.int16), "tokens": tokens, "token_mask": token_mask}
             writer.write({**columns, TOKEN_FEATURES_COLUMN: features.reshape(len(features), features.shape[1] * features.shape[2])})
