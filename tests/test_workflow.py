@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -24,8 +25,8 @@ SMOKE = ROOT / "workflow" / "presets" / "smoke.yaml"
 pytestmark = pytest.mark.workflow
 
 
-def snakemake(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "snakemake", "--cores", "2", "--configfile", str(SMOKE), *args]
+def snakemake(*args: str, check: bool = True, targets: Sequence[str | Path] = ()) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "snakemake", *map(str, targets), "--cores", "2", "--configfile", str(SMOKE), *args]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1200)
     if check and proc.returncode != 0:
         raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
@@ -414,10 +415,11 @@ KILLED_RUN_GRID = {"tasks": ["pt_regression", "decay_mode"], "strategies": ["fin
 
 @pytest.fixture(scope="session")
 def killed_and_resumed_run(tmp_path_factory):
-    """The smoke run (on a smaller grid) killed with SIGKILL, snakemake and every job it started
-    (a lost node, kill -9 of the process group), while fine-tuning: as soon as a cell has written
-    its first epoch's checkpoint and not yet its summary. Then the README's instructions, word
-    for word: ``snakemake --unlock`` and the same command again."""
+    """The smoke run (on a smaller grid, up to each cell's metrics: the figures are the smoke
+    run's) killed with SIGKILL, snakemake and every job it started (a lost node, kill -9 of the
+    process group), while fine-tuning: as soon as a cell has written its first epoch's checkpoint
+    and not yet its summary. Then the README's instructions, word for word: ``snakemake
+    --unlock`` and the same command again."""
     import os
     import signal
     import time
@@ -429,7 +431,9 @@ def killed_and_resumed_run(tmp_path_factory):
     finetune = {**smoke, "grid": {**smoke["grid"], **KILLED_RUN_GRID}, "ablations": {**smoke["ablations"], "tasks": []}, "pack": {"by": []}}
     override.write_text(yaml.safe_dump({"results_dir": str(results), "finetune": finetune}))
     args = [str(override)]  # after the --configfile of snakemake()
-    cmd = [sys.executable, "-m", "snakemake", "--cores", "2", "--configfile", str(SMOKE), *args]
+    grid = finetune["grid"]
+    targets = [results / "finetune" / t / s / f"n{n}" / "seed0" / "metrics.json" for t in grid["tasks"] for s in grid["strategies"] for n in grid["sizes"]]
+    cmd = [sys.executable, "-m", "snakemake", *map(str, targets), "--cores", "2", "--configfile", str(SMOKE), *args]
     process = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline, killed_in = time.monotonic() + 1200, None
     try:
@@ -446,10 +450,10 @@ def killed_and_resumed_run(tmp_path_factory):
             os.killpg(process.pid, signal.SIGKILL)
         process.wait()
     assert killed_in, f"the run ended (exit {process.returncode}) before {KILL_AFTER}: nothing was killed"
-    locked = snakemake(*args, check=False)
+    locked = snakemake(*args, check=False, targets=targets)
     assert locked.returncode != 0 and "cannot be locked" in locked.stdout + locked.stderr, "a killed run leaves its lock"
-    snakemake(*args, "--unlock")
-    resumed = snakemake(*args)
+    snakemake(*args, "--unlock", targets=targets)
+    resumed = snakemake(*args, targets=targets)
     return results, killed_in, resumed
 
 
