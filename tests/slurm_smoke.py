@@ -83,7 +83,8 @@ class SlurmSmokeRun:
         self._thread.start()
         return self
 
-    def command(self) -> list[str]:
+    def prepare(self) -> list[str]:
+        """Write the run's config override and test profile under ``base``; the command to run."""
         smoke = yaml.safe_load(SMOKE.read_text())
         override = self.base / "gpu.yaml"
         stages = {stage: {**smoke[stage], "device": "auto"} for stage in ("tokenizer", "pretrain", "finetune")}
@@ -106,7 +107,7 @@ class SlurmSmokeRun:
             if self._stopping.is_set():
                 return
             self.process = subprocess.Popen(
-                self.command(), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+                self.prepare(), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
             )
             self.stdout, self.stderr = self.process.communicate(timeout=TIMEOUT_S)
         except BaseException as error:  # raised again, in the test that waits

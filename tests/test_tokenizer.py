@@ -11,8 +11,15 @@ from taufm.errors import TaufmError
 from taufm.ingest.shards import CANDIDATE_FEATURES, MASK_COLUMN, write_shard
 from taufm.models.vqvae import VQVAE, VQVAEConfig, VectorQuantizer, reconstruction_losses
 from taufm.tokenizer.preprocessing import Preprocessing
-from taufm.finetune.inputs import LIFETIME_CHANNEL_NAMES
-from taufm.tokenizer.tokenize import N_CANDIDATE_CHANNELS, TOKEN_FEATURES_COLUMN, codes_of_tokens, stop_token, token_sequences, tokenize_shard
+from taufm.tokenizer.tokenize import (
+    N_CANDIDATE_CHANNELS,
+    TOKEN_FEATURES_COLUMN,
+    codes_of_tokens,
+    stop_token,
+    token_feature_array,
+    token_sequences,
+    tokenize_shard,
+)
 from taufm.tokenizer.train import TokenizerSettings, load_tokenizer, train_tokenizer
 
 F = {name: i for i, name in enumerate(CANDIDATE_FEATURES)}
@@ -44,12 +51,14 @@ def write_synthetic_shard(path, n_jets=300, width=8, seed=0, splits=(0, 1, 2), i
     columns = {"split": np.resize(np.array(splits, dtype=np.int8), n_jets), "label": np.zeros(n_jets, dtype=np.int8)}
     for i, name in enumerate(CANDIDATE_FEATURES):
         columns[f"cand_{name}"] = features[..., i]
-    rng = np.random.default_rng(seed + 1)
-    for extra, scale in (("d0", 0.1), ("d0err", 0.01), ("dz", 0.1), ("dzerr", 0.01)):
-        values = np.abs(rng.normal(0.0, scale, (n_jets, width))) if extra.endswith("err") else rng.normal(0.0, scale, (n_jets, width))
-        columns[f"cand_{extra}"] = np.where(mask, values, 0.0).astype(np.float32) if impact_parameters else np.zeros((n_jets, width), dtype=np.float32)
-    if impact_parameters:  # the jet axis the impact parameters are signed against
-        columns["jet_eta"] = rng.normal(0.0, 1.0, n_jets).astype(np.float32)
+    for extra in ("d0", "d0err", "dz", "dzerr"):
+        columns[f"cand_{extra}"] = np.zeros((n_jets, width), dtype=np.float32)
+    if impact_parameters:
+        rng = np.random.default_rng(seed + 1)
+        for extra, scale in (("d0", 0.1), ("d0err", 0.01), ("dz", 0.1), ("dzerr", 0.01)):
+            values = rng.normal(0.0, scale, (n_jets, width))
+            columns[f"cand_{extra}"] = np.where(mask, np.abs(values) if extra.endswith("err") else values, 0.0).astype(np.float32)
+        columns["jet_eta"] = rng.normal(0.0, 1.0, n_jets).astype(np.float32)  # the axis they are signed against
     columns[MASK_COLUMN] = mask
     write_shard(path, columns, {"stage": "synthetic"})
 
@@ -230,10 +239,8 @@ def test_a_shard_without_impact_parameters_gets_zero_lifetime_channels_said_once
     assert manifest["jets"] == full["jets"] > 64, "several batches"
     said = [r.getMessage() for r in caplog.records if "lifetime channels are zero" in r.getMessage()]
     assert len(said) == 1 and "no_ip.parquet" in said[0]
-    width = N_CANDIDATE_CHANNELS + len(LIFETIME_CHANNEL_NAMES)
-    ours = np.array(pq.read_table(tmp_path / "no_ip_tokens.parquet").column(TOKEN_FEATURES_COLUMN).to_pylist())
-    theirs = np.array(pq.read_table(tmp_path / "full.parquet").column(TOKEN_FEATURES_COLUMN).to_pylist())
-    ours, theirs = ours.reshape(len(ours), -1, width), theirs.reshape(len(theirs), -1, width)
+    ours = token_feature_array(pq.read_table(tmp_path / "no_ip_tokens.parquet").column(TOKEN_FEATURES_COLUMN).to_pylist())
+    theirs = token_feature_array(pq.read_table(tmp_path / "full.parquet").column(TOKEN_FEATURES_COLUMN).to_pylist())
     assert np.all(ours[..., N_CANDIDATE_CHANNELS:] == 0) and np.any(theirs[..., N_CANDIDATE_CHANNELS:] != 0)
     np.testing.assert_array_equal(ours[..., :N_CANDIDATE_CHANNELS], theirs[..., :N_CANDIDATE_CHANNELS])
     # ...and one that is also empty gives an empty token shard.

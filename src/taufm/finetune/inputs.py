@@ -27,6 +27,7 @@ from taufm.tokenizer.preprocessing import Preprocessing
 PART_PREPROCESSING = Preprocessing(max_abs_angle=None)
 
 LIFETIME_COLUMNS = ("cand_d0", "cand_d0err", "cand_dz", "cand_dzerr")
+LIFETIME_INPUT_COLUMNS = (*LIFETIME_COLUMNS, "cand_deta", "cand_dphi", "jet_eta")  # what lifetime_channels reads
 LIFETIME_CHANNEL_NAMES = ("tanh_signed_d0", "tanh_signed_dz", "log_signed_d0_significance", "log_signed_dz_significance")
 INPUT_SETS = {"paper": len(PAPER_COLUMNS), "paper+lifetime": len(PAPER_COLUMNS) + len(LIFETIME_QUANTITIES)}
 IMPACT_PARAMETER_SCALE_MM = 1.0
@@ -41,7 +42,7 @@ def check_input_set(name: str) -> int:
 
 def lifetime_channels(data: Mapping[str, np.ndarray]) -> np.ndarray:
     """The four lifetime channels (jets, candidates, 4) of ingested candidate columns, float32."""
-    missing = [c for c in (*LIFETIME_COLUMNS, "cand_deta", "cand_dphi", "jet_eta") if c not in data]
+    missing = [c for c in LIFETIME_INPUT_COLUMNS if c not in data]
     if missing:
         raise TaufmError(f"the lifetime inputs need the shards' column(s) {', '.join(missing)}")
     values = signed_impact_parameters(*(data[c] for c in (*LIFETIME_COLUMNS, "cand_deta", "cand_dphi")), np.asarray(data["jet_eta"])[:, None])

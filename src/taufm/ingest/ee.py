@@ -27,7 +27,6 @@ import awkward as ak
 import numpy as np
 
 from taufm import remote
-from taufm.progress import Progress
 from taufm.config import config_hash, settings_from_mapping
 from taufm.errors import TaufmError
 from taufm.ingest.edm4hep import CollectionNames, EventChunk, iterate_events
@@ -35,6 +34,7 @@ from taufm.ingest.shards import CANDIDATE_COLUMNS, MASK_COLUMN, SPLITS, ShardWri
 from taufm.physics.matching import any_within, match_one_to_one
 from taufm.physics.leptons import prompt_leptons
 from taufm.physics.tau import find_taus
+from taufm.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -324,8 +324,8 @@ def ingest_ee_file(path: str | Path, output: str | Path, *, sample: str, setting
     with ShardWriter(output) as writer, Progress(f"ingest {name}", None, unit="event") as progress:
         for layout, chunk in iterate_events(path, settings.chunk_size, settings.collections, identity=remote_file):
             columns = process_chunk(chunk, sample, settings, cutflow)
-            progress.update(len(chunk), jets=n_jets + len(columns["event"]))
             n = len(columns["event"])
+            progress.update(len(chunk), jets=n_jets + n)
             split = assign_split(sample, name, columns["event"], settings.split_ratios)
             writer.write({"sample": np.full(n, sample, dtype=object), "file": np.full(n, name, dtype=object), "split": split, **columns})
             n_events += len(chunk)

@@ -32,7 +32,6 @@ import numpy as np
 import uproot
 
 from taufm import remote
-from taufm.progress import Progress
 from taufm.config import config_hash
 from taufm.errors import TaufmError
 from taufm.ingest.shards import (
@@ -46,6 +45,7 @@ from taufm.ingest.shards import (
     ShardWriter,
     pad_candidates,
 )
+from taufm.progress import Progress
 from taufm.sim.jetclass import LABELS
 
 log = logging.getLogger(__name__)

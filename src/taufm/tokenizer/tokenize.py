@@ -27,7 +27,7 @@ import torch
 
 from taufm.data import CANDIDATE_FEATURE_COLUMNS, candidate_arrays, column_to_numpy, iter_parquet_batches, read_parquet_or_fail
 from taufm.errors import TaufmError
-from taufm.finetune.inputs import LIFETIME_CHANNEL_NAMES, LIFETIME_COLUMNS, lifetime_channels
+from taufm.finetune.inputs import LIFETIME_CHANNEL_NAMES, LIFETIME_COLUMNS, LIFETIME_INPUT_COLUMNS, lifetime_channels
 from taufm.ingest.shards import MASK_COLUMN, ShardWriter
 from taufm.tokenizer.preprocessing import PID_FLAGS
 from taufm.tokenizer.train import load_tokenizer
@@ -87,9 +87,6 @@ def codes_of_tokens(tokens: np.ndarray, token_mask: np.ndarray, codebook_size: i
 
 def _file_digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
-
-
-LIFETIME_INPUT_COLUMNS = (*LIFETIME_COLUMNS, "cand_deta", "cand_dphi", "jet_eta")  # what lifetime_channels reads
 
 
 def _lifetime_or_zeros(table: dict, has_lifetime: bool, candidates_shape: tuple[int, ...]) -> np.ndarray:
